@@ -1,0 +1,43 @@
+# Ferrite's commands. Two are for set-up: `make up` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help up down status test rust lint unit crds crds-check bench conformance
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+up: ## build everything and bring up the local cluster with Ferrite installed
+	@echo "make up: the local cluster is not built yet (issue 3). Nothing was started." >&2; exit 1
+
+down: ## remove everything `make up` created
+	@echo "make down: nothing to remove (no local cluster yet, issue 3)."
+
+status: ## show the local cluster
+	@echo "no local cluster yet (issue 3)"
+
+test: lint unit crds-check ## everything CI runs
+	@echo "make test: all checks passed"
+
+rust: ## make sure the pinned Rust toolchain is usable
+	@scripts/ensure-rust.sh
+
+lint: rust ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit: rust ## unit and schema tests of every crate
+	$(CARGO) test --workspace --locked
+
+crds: rust ## regenerate crds/yaml, the chart's CRDs and docs/crds.md from the Rust types
+	$(CARGO) xtask crds
+
+crds-check: rust ## fail when the generated CRDs or docs are stale
+	$(CARGO) xtask crds --check
+
+bench: ## side-by-side benchmarks (written to docs/benchmarks.md)
+	@echo "make bench: no benchmarks yet (they come with the datapath, issue 4)." >&2; exit 1
+
+conformance: ## upstream Kubernetes network suites against the local cluster
+	@echo "make conformance: needs the local cluster (issue 3)." >&2; exit 1
