@@ -8,14 +8,14 @@ CARGO ?= cargo
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-up: ## build everything and bring up the local cluster with Ferrite installed
-	@echo "make up: the local cluster is not built yet (issue 3). Nothing was started." >&2; exit 1
+up: ## build everything and bring up the local cluster (FERRITE_CNI=reference|ferrite, FERRITE_PROXY=kube-proxy|ferrite)
+	e2e/scripts/up.sh
 
 down: ## remove everything `make up` created
-	@echo "make down: nothing to remove (no local cluster yet, issue 3)."
+	e2e/scripts/cluster-down.sh
 
 status: ## show the local cluster
-	@echo "no local cluster yet (issue 3)"
+	@e2e/scripts/status.sh
 
 test: lint unit crds-check ## everything CI runs
 	@echo "make test: all checks passed"

@@ -6,10 +6,10 @@
 # Why a wrapper module: k8s.io/kubernetes maps its staging modules with `replace => ./staging/...`, which
 # `go install pkg@version` refuses; a throw-away main module re-maps each to its published v0.X.Y tag.
 set -euo pipefail
-source "$(dirname "$0")/versions.env"
+source "$(dirname "$0")/env.sh"
 what=${1:-core}
-CACHE=${FERRITE_CACHE:-$HOME/.cache/ferrite}
-KEY="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-coredns-$COREDNS_VERSION-$(go env GOVERSION)"
+CACHE=$FERRITE_CACHE
+KEY=$BIN_KEY
 OUT=$CACHE/k8s/$KEY/bin
 mkdir -p "$OUT"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0

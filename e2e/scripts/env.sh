@@ -1,0 +1,31 @@
+# Shared settings of the local cluster scripts (sourced). Every knob can be set from the environment.
+# shellcheck shell=bash
+E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO=$(cd "$E2E/.." && pwd)
+source "$E2E/scripts/versions.env"
+: "${FERRITE_CACHE:=$HOME/.cache/ferrite}"
+: "${STATE:=$REPO/.ferrite}"                 # kubeconfig, logs, PKI, node state (gitignored)
+: "${NODES:=3}"
+: "${BR:=fe-br0}" "${NET:=172.30.0}"        # host bridge: host = $NET.1, nodeI = $NET.(10+I)
+: "${INET_NET:=198.51.100}"                  # the "internet host": $INET_NET.10, host side $INET_NET.1
+: "${SVC_CIDR:=10.96.0.0/12}" "${SVC_IP:=10.96.0.1}" "${DNS_IP:=10.96.0.10}"
+: "${CLUSTER_CIDR:=10.244.0.0/16}"
+: "${FERRITE_CNI:=reference}"                # reference (bridge + host-local) | ferrite (once it exists)
+: "${FERRITE_PROXY:=kube-proxy}"             # kube-proxy (nftables mode) | ferrite (once it exists)
+: "${KUBE_PROXY_MODE:=nftables}"
+: "${SANDBOX_IMAGE:=registry.k8s.io/pause:3.10.1}"
+CLUSTER=$STATE/cluster
+PKI=$CLUSTER/pki KCDIR=$CLUSTER/kubeconfig LOGS=$STATE/logs RUN=$CLUSTER/run
+KUBECONFIG_ADMIN=$STATE/kubeconfig
+HOST_IP=$NET.1
+NS_PREFIX=fe-
+node_ns() { echo "${NS_PREFIX}node$1"; }
+node_ip() { echo "$NET.$((10 + $1))"; }
+INET_NS=${NS_PREFIX}internet INET_VETH=${NS_PREFIX}inet0   # link names: at most 15 characters
+CGROUP_PREFIX=ferrite-node
+BIN_KEY="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-coredns-$COREDNS_VERSION-$(go env GOVERSION 2>/dev/null || echo nogo)"
+BIN=$FERRITE_CACHE/k8s/$BIN_KEY/bin
+IMAGES=$FERRITE_CACHE/images
+log() { echo "[$(basename "$0") $(date +%T)] $*"; }
+die() { echo "ERROR: $*" >&2; exit 1; }
+kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
