@@ -12,6 +12,8 @@
 //! - [`EncryptionPolicy`]: WireGuard encryption between nodes or pods.
 //! - [`NodeNetwork`]: one per Node, owned by the operator and that node's agent.
 
+#[cfg(feature = "catalog")]
+pub mod catalog;
 pub mod clusternetwork;
 pub mod conditions;
 pub mod encryption;

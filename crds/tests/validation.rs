@@ -9,60 +9,9 @@
     reason = "test helpers fail the test by panicking"
 )]
 
-use std::path::{Path, PathBuf};
-
+use ferrite_crds::catalog::{self, Case};
 use ferrite_crds::{ClusterNetwork, EncryptionPolicy, IPPool, NodeNetwork, all_crds};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-struct Case {
-    file: PathBuf,
-    expect: String,
-    by: String,
-    update_of: Option<String>,
-    object: Value,
-}
-
-fn header(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# "))
-        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
-}
-
-fn load(path: &Path) -> (String, Value) {
-    let text = std::fs::read_to_string(path).unwrap();
-    let value: Value =
-        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    (text, value)
-}
-
-fn catalog() -> Vec<Case> {
-    let mut cases: Vec<Case> = std::fs::read_dir(repo().join("crds/testdata/invalid"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .map(|file| {
-            let (text, object) = load(&file);
-            Case {
-                expect: header(&text, "expect:")
-                    .unwrap_or_else(|| panic!("{} has no '# expect:'", file.display())),
-                by: header(&text, "by:")
-                    .unwrap_or_else(|| panic!("{} has no '# by:'", file.display())),
-                update_of: header(&text, "update-of:"),
-                file,
-                object,
-            }
-        })
-        .collect();
-    cases.sort_by(|a, b| a.file.cmp(&b.file));
-    cases
-}
 
 /// What the apiserver stores: the object with the schema's defaults applied. The serde
 /// defaults of the Rust types are the schema's defaults (both come from the same attributes).
@@ -106,30 +55,23 @@ fn validate(object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
 
 #[test]
 fn every_documented_example_passes_the_cel_rules() {
-    let dir = repo().join("docs/examples");
-    let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "yaml") {
-            continue;
-        }
-        let (_, object) = load(&path);
+    let examples = catalog::examples().unwrap();
+    assert_eq!(examples.len(), 4, "one example per kind");
+    for (path, object) in examples {
         validate(&object, None).unwrap_or_else(|e| panic!("{} is refused: {e:?}", path.display()));
-        seen += 1;
     }
-    assert_eq!(seen, 4, "one example per kind");
 }
 
 #[test]
 fn every_cel_entry_of_the_bad_object_catalog_is_refused_with_its_message() {
-    let cases: Vec<Case> = catalog().into_iter().filter(|c| c.by == "cel").collect();
+    let cases: Vec<Case> = catalog::invalid_cases().unwrap().into_iter().filter(|c| c.by == "cel").collect();
     assert!(cases.len() >= 15, "catalog shrank to {}", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
         let old = case
             .update_of
             .as_ref()
-            .map(|f| load(&repo().join("docs/examples").join(f)).1);
+            .map(|f| catalog::example(f).unwrap());
         match validate(&case.object, old.as_ref()) {
             Ok(()) => failures.push(format!("{}: accepted", case.file.display())),
             Err(errs) if !errs.iter().any(|e| e.contains(&case.expect)) => {
@@ -147,7 +89,7 @@ fn every_cel_entry_of_the_bad_object_catalog_is_refused_with_its_message() {
 
 #[test]
 fn catalog_entries_name_a_layer_and_their_base_exists() {
-    for case in catalog() {
+    for case in catalog::invalid_cases().unwrap() {
         assert!(
             ["cel", "openapi"].contains(&case.by.as_str()),
             "{}: by {}",
@@ -156,8 +98,8 @@ fn catalog_entries_name_a_layer_and_their_base_exists() {
         );
         if let Some(base) = &case.update_of {
             assert!(
-                repo().join("docs/examples").join(base).exists(),
-                "{}: no base {base}",
+                catalog::example(base).is_ok(),
+                "{}: no example {base}",
                 case.file.display()
             );
         }
@@ -166,7 +108,7 @@ fn catalog_entries_name_a_layer_and_their_base_exists() {
 
 #[test]
 fn updates_that_keep_immutable_fields_pass() {
-    let (_, pool) = load(&repo().join("docs/examples/ippool.yaml"));
+    let pool = catalog::example("ippool.yaml").unwrap();
     let mut changed = pool.clone();
     changed["spec"]["disabled"] = Value::Bool(true);
     validate(&changed, Some(&pool)).unwrap();
@@ -174,7 +116,7 @@ fn updates_that_keep_immutable_fields_pass() {
 
 #[test]
 fn mtu_bounds_are_inclusive() {
-    let (_, cn) = load(&repo().join("docs/examples/clusternetwork.yaml"));
+    let cn = catalog::example("clusternetwork.yaml").unwrap();
     for (mtu, ok) in [(1279, false), (1280, true), (9000, true), (9001, false)] {
         let mut o = cn.clone();
         o["spec"]["mtu"] = mtu.into();

@@ -37,6 +37,10 @@ fi
 # overlayfs snapshots may still be mounted if a node's mount namespace outlived it; they are ours only.
 grep -o " $CLUSTER[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
 rm -rf "$CLUSTER" "$KUBECONFIG_ADMIN"
+if [ -f "$STATE/created-mounts" ] && [ -z "$(ip netns list)" ]; then
+  while read -r m; do umount "$m" 2>/dev/null; rmdir "$m" 2>/dev/null; done <"$STATE/created-mounts"
+  rm -f "$STATE/created-mounts"
+fi
 if [ -f "$STATE/created-dirs" ]; then
   sort -r "$STATE/created-dirs" | while read -r d; do rmdir "$d" 2>/dev/null; done
   rm -f "$STATE/created-dirs"

@@ -73,6 +73,8 @@ YAML
 }
 
 network() {
+  # `ip netns add` mounts /run/netns on first use; remember that it was us, for cluster-down.sh.
+  mountpoint -q /run/netns || { grep -qx /run/netns "$STATE/created-mounts" 2>/dev/null || echo /run/netns >>"$STATE/created-mounts"; }
   ip link show "$BR" >/dev/null 2>&1 || ip link add "$BR" type bridge
   ip addr replace "$HOST_IP/24" dev "$BR"; ip link set "$BR" up
   for i in $(seq "$NODES"); do
@@ -249,10 +251,22 @@ reference_cni() {
     local gw; gw="${cidr%.0/24}.1"
     cat >"$D/fs/etc-cni-net.d/10-reference.conflist" <<JSON
 {"cniVersion": "1.0.0", "name": "reference", "plugins": [
-  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "$cidr", "gateway": "$gw"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 JSON
+    # The bridge plugin's ipMasq would NAT pod-to-pod traffic between nodes too; masquerade only
+    # what leaves the cluster CIDR (as kubenet and Flannel do).
+    nsenter --net="/run/netns/$(node_ns "$i")" nft -f - <<NFT
+table ip ferrite-reference
+delete table ip ferrite-reference
+table ip ferrite-reference {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr $CLUSTER_CIDR ip daddr != $CLUSTER_CIDR oifname "eth0" masquerade
+  }
+}
+NFT
     ip route replace "$cidr" via "$(node_ip "$i")"
     for j in $(seq "$NODES"); do [ "$i" = "$j" ] || ip -n "$(node_ns "$j")" route replace "$cidr" via "$(node_ip "$i")"; done
   done

@@ -1,0 +1,320 @@
+//! The end-to-end harness: talks to the local real cluster (`make up`) with kube-rs.
+//!
+//! - [`Cluster::connect`] uses `$KUBECONFIG`, else the repository's `.ferrite/kubeconfig`.
+//! - [`TestNamespace`] is a throw-away namespace, deleted when the value is dropped (even when
+//!   the test panics), so tests never see each other's objects.
+//! - [`TestNamespace::pod`] builds pods pinned to chosen nodes (agnhost `netexec` by default),
+//!   [`TestNamespace::exec`] runs commands in them, [`TestNamespace::connect`] wraps
+//!   `agnhost connect`.
+//! - [`wait_for`] polls with a timeout and says what it was waiting for, and what it last saw.
+//!
+//! The tests that need the cluster are `#[ignore]`d with the reason, so `cargo test` reports them
+//! as ignored; `make e2e` runs them with `--ignored` against the running cluster.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, ServiceAccount};
+use kube::api::{Api, AttachParams, DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::io::AsyncReadExt;
+
+/// The agnhost image (the tag the pinned e2e.test uses; built locally by `e2e/scripts/images.sh`).
+pub const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.56";
+/// The busybox image.
+pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1";
+/// The port agnhost `netexec` serves HTTP on in pods built by [`PodBuilder::netexec`].
+pub const NETEXEC_PORT: u16 = 8080;
+/// Default time to wait for a pod to become ready.
+pub const POD_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A connection to the local cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    /// The admin client.
+    pub client: Client,
+}
+
+impl Cluster {
+    /// Connects with `$KUBECONFIG`, else the repository's `.ferrite/kubeconfig`.
+    pub async fn connect() -> Result<Self> {
+        let path = std::env::var_os("KUBECONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".ferrite/kubeconfig"));
+        let kubeconfig = Kubeconfig::read_from(&path).with_context(|| {
+            format!("no kubeconfig at {}: start the cluster with `make up`", path.display())
+        })?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Self { client: Client::try_from(config)? })
+    }
+
+    /// The cluster's nodes, sorted by name.
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let mut nodes = api.list(&Default::default()).await?.items;
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        Ok(nodes)
+    }
+
+    /// Names of the cluster's nodes, sorted.
+    pub async fn node_names(&self) -> Result<Vec<String>> {
+        Ok(self.nodes().await?.into_iter().filter_map(|n| n.metadata.name).collect())
+    }
+}
+
+/// Polls `probe` every half second until it returns `Ok(Some(_))`, for at most `timeout`.
+/// The error names `what` and the last thing the probe reported.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => String::from("not yet"),
+            Err(e) => format!("{e:#}"),
+        };
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What a command run in a pod printed, and whether it succeeded.
+#[derive(Debug)]
+pub struct ExecOutput {
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Whether the command exited 0.
+    pub success: bool,
+}
+
+/// A namespace that exists for one test and is deleted when dropped.
+pub struct TestNamespace {
+    /// The namespace's name.
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// Creates `ferrite-e2e-<prefix>-<random>`.
+    pub async fn create(cluster: &Cluster, prefix: &str) -> Result<Self> {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("ferrite-e2e-{prefix}-")),
+                labels: Some(BTreeMap::from([("ferrite.dev/e2e".into(), "true".into())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<Namespace> = Api::all(cluster.client.clone());
+        let created =
+            api.create(&PostParams::default(), &ns).await.context("creating a test namespace")?;
+        let name = created.metadata.name.context("the apiserver named the namespace")?;
+        let this = Self { name, client: cluster.client.clone() };
+        // Pods are refused until the service account controller has made `default`.
+        let sa: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &this.name);
+        wait_for(
+            &format!("service account default in {}", this.name),
+            Duration::from_secs(30),
+            || async { Ok(sa.get_opt("default").await?) },
+        )
+        .await?;
+        Ok(this)
+    }
+
+    /// The pods of this namespace.
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Starts building a pod called `name` (agnhost `netexec` unless told otherwise).
+    pub fn pod(&self, name: &str) -> PodBuilder<'_> {
+        PodBuilder {
+            ns: self,
+            name: name.to_owned(),
+            node: None,
+            image: AGNHOST.into(),
+            args: vec![],
+            labels: BTreeMap::new(),
+        }
+        .netexec()
+    }
+
+    /// Runs `command` in the pod's first container.
+    pub async fn exec(&self, pod: &str, command: &[&str]) -> Result<ExecOutput> {
+        let params = AttachParams::default().stdout(true).stderr(true);
+        let mut attached = self
+            .pods()
+            .exec(pod, command.iter().copied(), &params)
+            .await
+            .with_context(|| format!("exec {command:?} in {}/{pod}", self.name))?;
+        let status = attached.take_status().context("exec has no status channel")?;
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        if let Some(mut out) = attached.stdout() {
+            out.read_to_string(&mut stdout).await?;
+        }
+        if let Some(mut err) = attached.stderr() {
+            err.read_to_string(&mut stderr).await?;
+        }
+        let status = status.await;
+        attached.join().await?;
+        let success = status.as_ref().and_then(|s| s.status.as_deref()) == Some("Success");
+        Ok(ExecOutput { stdout, stderr, success })
+    }
+
+    /// `agnhost connect` from `pod` to `target:port` over TCP; Ok when a connection is made.
+    pub async fn connect(&self, pod: &str, target: &str, port: u16) -> Result<()> {
+        let dest = if target.contains(':') {
+            format!("[{target}]:{port}")
+        } else {
+            format!("{target}:{port}")
+        };
+        let out = self.exec(pod, &["/agnhost", "connect", "--timeout=5s", &dest]).await?;
+        if out.success {
+            Ok(())
+        } else {
+            bail!("{pod} cannot connect to {dest}: {}{}", out.stdout, out.stderr)
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // NB: Drop cannot be async and may run while a test panics inside a runtime, so the
+        // delete runs on its own thread with its own runtime — and its own client: a clone of
+        // ours would hand the request to a worker task on the test's runtime, which is blocked
+        // right here in join().
+        let name = self.name.clone();
+        let done = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let cluster = Cluster::connect().await?;
+                let api: Api<Namespace> = Api::all(cluster.client);
+                api.delete(&name, &DeleteParams::background()).await?;
+                anyhow::Ok(())
+            })
+        });
+        if let Ok(Err(e)) = done.join() {
+            #[expect(clippy::print_stderr, reason = "Drop cannot return the error")]
+            {
+                eprintln!("warning: could not delete test namespace {}: {e:#}", self.name);
+            }
+        }
+    }
+}
+
+/// Builds a pod in a [`TestNamespace`].
+pub struct PodBuilder<'a> {
+    ns: &'a TestNamespace,
+    name: String,
+    node: Option<String>,
+    image: String,
+    args: Vec<String>,
+    labels: BTreeMap<String, String>,
+}
+
+impl PodBuilder<'_> {
+    /// Pins the pod to a node.
+    pub fn on_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_owned());
+        self
+    }
+
+    /// Runs agnhost `netexec` (HTTP on [`NETEXEC_PORT`], UDP on 8081).
+    pub fn netexec(mut self) -> Self {
+        self.image = AGNHOST.into();
+        self.args = vec![
+            "netexec".into(),
+            format!("--http-port={NETEXEC_PORT}"),
+            "--udp-port=8081".into(),
+        ];
+        self
+    }
+
+    /// Uses another image and arguments.
+    pub fn image(mut self, image: &str, args: &[&str]) -> Self {
+        self.image = image.to_owned();
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+        self
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Creates the pod and waits until it is Ready; returns it (with its IP).
+    pub async fn create(self) -> Result<Pod> {
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some(self.labels),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: self.node,
+                termination_grace_period_seconds: Some(1),
+                containers: vec![Container {
+                    name: "main".into(),
+                    image: Some(self.image),
+                    image_pull_policy: Some("Never".into()),
+                    args: (!self.args.is_empty()).then_some(self.args),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let api = self.ns.pods();
+        api.create(&PostParams::default(), &pod)
+            .await
+            .with_context(|| format!("creating pod {}", self.name))?;
+        let what = format!("pod {}/{} to be Ready", self.ns.name, self.name);
+        wait_for(&what, POD_READY_TIMEOUT, || async {
+            let p = api.get(&self.name).await?;
+            let status = p.status.as_ref();
+            let ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                return Ok(Some(p));
+            }
+            let waiting = status
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .map(|w| {
+                    let reason = w.reason.clone().unwrap_or_default();
+                    format!("{reason}: {}", w.message.clone().unwrap_or_default())
+                });
+            match waiting {
+                Some(w) => bail!("phase {:?}, {w}", status.and_then(|s| s.phase.clone())),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+}
+
+/// The pod's IP (set once [`PodBuilder::create`] returned).
+pub fn pod_ip(pod: &Pod) -> Result<String> {
+    pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("pod has no IP")
+}
