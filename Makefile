@@ -45,5 +45,5 @@ smoke: rust ## cold: up, e2e tests, down, and check that nothing was left behind
 bench: ## side-by-side benchmarks (written to docs/benchmarks.md)
 	@echo "make bench: no benchmarks yet (they come with the datapath, issue 4)." >&2; exit 1
 
-conformance: ## upstream Kubernetes network suites against the local cluster
-	@echo "make conformance: needs the local cluster (issue 3)." >&2; exit 1
+conformance: ## upstream sig-network suites against the running cluster (SUITES=..., PROCS=...)
+	e2e/scripts/conformance.sh

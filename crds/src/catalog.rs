@@ -57,9 +57,14 @@ pub fn repo_root() -> PathBuf {
 
 /// Reads a YAML file into JSON.
 pub fn load(path: &Path) -> Result<(String, Value), Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-    let value = serde_saphyr::from_str(&text)
-        .map_err(|e| Error::Yaml { path: path.to_owned(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let value = serde_saphyr::from_str(&text).map_err(|e| Error::Yaml {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
     Ok((text, value))
 }
 
@@ -70,7 +75,10 @@ fn header(text: &str, key: &str) -> Option<String> {
 }
 
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read { path: dir.to_owned(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
@@ -86,9 +94,18 @@ pub fn invalid_cases() -> Result<Vec<Case>, Error> {
         .map(|file| {
             let (text, object) = load(&file)?;
             let need = |key: &'static str| {
-                header(&text, key).ok_or_else(|| Error::MissingHeader { path: file.clone(), header: key })
+                header(&text, key).ok_or_else(|| Error::MissingHeader {
+                    path: file.clone(),
+                    header: key,
+                })
             };
-            Ok(Case { expect: need("expect:")?, by: need("by:")?, update_of: header(&text, "update-of:"), object, file: file.clone() })
+            Ok(Case {
+                expect: need("expect:")?,
+                by: need("by:")?,
+                update_of: header(&text, "update-of:"),
+                object,
+                file: file.clone(),
+            })
         })
         .collect()
 }

@@ -64,7 +64,11 @@ fn every_documented_example_passes_the_cel_rules() {
 
 #[test]
 fn every_cel_entry_of_the_bad_object_catalog_is_refused_with_its_message() {
-    let cases: Vec<Case> = catalog::invalid_cases().unwrap().into_iter().filter(|c| c.by == "cel").collect();
+    let cases: Vec<Case> = catalog::invalid_cases()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.by == "cel")
+        .collect();
     assert!(cases.len() >= 15, "catalog shrank to {}", cases.len());
     let mut failures = Vec::new();
     for case in &cases {

@@ -51,11 +51,16 @@ impl Cluster {
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join(".ferrite/kubeconfig"));
         let kubeconfig = Kubeconfig::read_from(&path).with_context(|| {
-            format!("no kubeconfig at {}: start the cluster with `make up`", path.display())
+            format!(
+                "no kubeconfig at {}: start the cluster with `make up`",
+                path.display()
+            )
         })?;
         let config =
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(Self { client: Client::try_from(config)? })
+        Ok(Self {
+            client: Client::try_from(config)?,
+        })
     }
 
     /// The cluster's nodes, sorted by name.
@@ -68,7 +73,12 @@ impl Cluster {
 
     /// Names of the cluster's nodes, sorted.
     pub async fn node_names(&self) -> Result<Vec<String>> {
-        Ok(self.nodes().await?.into_iter().filter_map(|n| n.metadata.name).collect())
+        Ok(self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect())
     }
 }
 
@@ -123,10 +133,18 @@ impl TestNamespace {
             ..Default::default()
         };
         let api: Api<Namespace> = Api::all(cluster.client.clone());
-        let created =
-            api.create(&PostParams::default(), &ns).await.context("creating a test namespace")?;
-        let name = created.metadata.name.context("the apiserver named the namespace")?;
-        let this = Self { name, client: cluster.client.clone() };
+        let created = api
+            .create(&PostParams::default(), &ns)
+            .await
+            .context("creating a test namespace")?;
+        let name = created
+            .metadata
+            .name
+            .context("the apiserver named the namespace")?;
+        let this = Self {
+            name,
+            client: cluster.client.clone(),
+        };
         // Pods are refused until the service account controller has made `default`.
         let sa: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &this.name);
         wait_for(
@@ -164,7 +182,9 @@ impl TestNamespace {
             .exec(pod, command.iter().copied(), &params)
             .await
             .with_context(|| format!("exec {command:?} in {}/{pod}", self.name))?;
-        let status = attached.take_status().context("exec has no status channel")?;
+        let status = attached
+            .take_status()
+            .context("exec has no status channel")?;
         let (mut stdout, mut stderr) = (String::new(), String::new());
         if let Some(mut out) = attached.stdout() {
             out.read_to_string(&mut stdout).await?;
@@ -175,7 +195,11 @@ impl TestNamespace {
         let status = status.await;
         attached.join().await?;
         let success = status.as_ref().and_then(|s| s.status.as_deref()) == Some("Success");
-        Ok(ExecOutput { stdout, stderr, success })
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            success,
+        })
     }
 
     /// `agnhost connect` from `pod` to `target:port` over TCP; Ok when a connection is made.
@@ -185,11 +209,17 @@ impl TestNamespace {
         } else {
             format!("{target}:{port}")
         };
-        let out = self.exec(pod, &["/agnhost", "connect", "--timeout=5s", &dest]).await?;
+        let out = self
+            .exec(pod, &["/agnhost", "connect", "--timeout=5s", &dest])
+            .await?;
         if out.success {
             Ok(())
         } else {
-            bail!("{pod} cannot connect to {dest}: {}{}", out.stdout, out.stderr)
+            bail!(
+                "{pod} cannot connect to {dest}: {}{}",
+                out.stdout,
+                out.stderr
+            )
         }
     }
 }
@@ -202,7 +232,9 @@ impl Drop for TestNamespace {
         // right here in join().
         let name = self.name.clone();
         let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async move {
                 let cluster = Cluster::connect().await?;
                 let api: Api<Namespace> = Api::all(cluster.client);
@@ -213,7 +245,10 @@ impl Drop for TestNamespace {
         if let Ok(Err(e)) = done.join() {
             #[expect(clippy::print_stderr, reason = "Drop cannot return the error")]
             {
-                eprintln!("warning: could not delete test namespace {}: {e:#}", self.name);
+                eprintln!(
+                    "warning: could not delete test namespace {}: {e:#}",
+                    self.name
+                );
             }
         }
     }
@@ -316,5 +351,8 @@ impl PodBuilder<'_> {
 
 /// The pod's IP (set once [`PodBuilder::create`] returned).
 pub fn pod_ip(pod: &Pod) -> Result<String> {
-    pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("pod has no IP")
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .context("pod has no IP")
 }

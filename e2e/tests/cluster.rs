@@ -19,9 +19,19 @@ async fn three_nodes_are_ready_at_the_pinned_version() -> Result<()> {
     for node in nodes {
         let name = node.metadata.name.unwrap_or_default();
         let status = node.status.unwrap_or_default();
-        let version = status.node_info.map(|i| i.kubelet_version).unwrap_or_default();
-        ensure!(version == K8S_VERSION, "{name} runs kubelet {version}, expected {K8S_VERSION}");
-        let ready = status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        let version = status
+            .node_info
+            .map(|i| i.kubelet_version)
+            .unwrap_or_default();
+        ensure!(
+            version == K8S_VERSION,
+            "{name} runs kubelet {version}, expected {K8S_VERSION}"
+        );
+        let ready = status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
         ensure!(ready, "{name} is not Ready");
         let unschedulable = node.spec.and_then(|s| s.unschedulable).unwrap_or(false);
         ensure!(!unschedulable, "{name} is cordoned");
@@ -37,18 +47,45 @@ async fn pods_on_every_node_reach_each_other() -> Result<()> {
     let nodes = cluster.node_names().await?;
     let mut pods = Vec::new();
     for node in &nodes {
-        let pod = ns.pod(&format!("netexec-{node}")).on_node(node).create().await?;
+        let pod = ns
+            .pod(&format!("netexec-{node}"))
+            .on_node(node)
+            .create()
+            .await?;
         pods.push((format!("netexec-{node}"), pod_ip(&pod)?));
     }
     let ips: Vec<&String> = pods.iter().map(|(_, ip)| ip).collect();
-    ensure!(ips.iter().all(|ip| ips.iter().filter(|o| o == &ip).count() == 1), "pod IPs collide: {ips:?}");
+    ensure!(
+        ips.iter()
+            .all(|ip| ips.iter().filter(|o| o == &ip).count() == 1),
+        "pod IPs collide: {ips:?}"
+    );
     for (from, _) in &pods {
         for (to, ip) in &pods {
             ns.connect(from, ip, NETEXEC_PORT).await?;
             // The peer sees our own address, not a NATed one: netexec echoes the client address.
-            let out = ns.exec(from, &["curl", "-s", "-m", "5", &format!("http://{ip}:{NETEXEC_PORT}/clientip")]).await?;
-            let from_ip = &pods.iter().find(|(n, _)| n == from).map(|(_, ip)| ip.clone()).unwrap_or_default();
-            ensure!(out.stdout.starts_with(&format!("{from_ip}:")), "{from} -> {to}: peer saw {:?}, expected {from_ip}", out.stdout);
+            let out = ns
+                .exec(
+                    from,
+                    &[
+                        "curl",
+                        "-s",
+                        "-m",
+                        "5",
+                        &format!("http://{ip}:{NETEXEC_PORT}/clientip"),
+                    ],
+                )
+                .await?;
+            let from_ip = &pods
+                .iter()
+                .find(|(n, _)| n == from)
+                .map(|(_, ip)| ip.clone())
+                .unwrap_or_default();
+            ensure!(
+                out.stdout.starts_with(&format!("{from_ip}:")),
+                "{from} -> {to}: peer saw {:?}, expected {from_ip}",
+                out.stdout
+            );
         }
     }
     Ok(())
@@ -61,19 +98,33 @@ async fn a_pod_resolves_kubernetes_default_through_cluster_dns() -> Result<()> {
     let ns = TestNamespace::create(&cluster, "dns").await?;
     // NB: agnhost's Debian nslookup applies the pod's search domains; busybox's (>= 1.29) does not.
     ns.pod("client").create().await?;
-    let answer = wait_for("nslookup kubernetes.default to answer", Duration::from_secs(60), || async {
-        let out = ns.exec("client", &["nslookup", "kubernetes.default"]).await?;
-        ensure!(out.success, "nslookup failed: {}{}", out.stdout, out.stderr);
-        Ok(Some(out.stdout))
-    })
+    let answer = wait_for(
+        "nslookup kubernetes.default to answer",
+        Duration::from_secs(60),
+        || async {
+            let out = ns
+                .exec("client", &["nslookup", "kubernetes.default"])
+                .await?;
+            ensure!(out.success, "nslookup failed: {}{}", out.stdout, out.stderr);
+            Ok(Some(out.stdout))
+        },
+    )
     .await?;
     // The answer section: "Name: kubernetes.default.svc.cluster.local" then "Address: 10.96.0.1".
     let after_name = answer
         .split_once("Name:\tkubernetes.default.svc.cluster.local")
         .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow::anyhow!("no answer for kubernetes.default.svc.cluster.local in {answer}"))?;
-    let address = after_name.lines().find_map(|l| l.strip_prefix("Address: ")).map(str::trim);
-    ensure!(address == Some("10.96.0.1"), "kubernetes.default resolved to {address:?}: {answer}");
+        .ok_or_else(|| {
+            anyhow::anyhow!("no answer for kubernetes.default.svc.cluster.local in {answer}")
+        })?;
+    let address = after_name
+        .lines()
+        .find_map(|l| l.strip_prefix("Address: "))
+        .map(str::trim);
+    ensure!(
+        address == Some("10.96.0.1"),
+        "kubernetes.default resolved to {address:?}: {answer}"
+    );
     Ok(())
 }
 
@@ -92,7 +143,14 @@ async fn a_pod_reaches_the_host_outside_the_cluster() -> Result<()> {
     let cluster = Cluster::connect().await?;
     let ns = TestNamespace::create(&cluster, "egress").await?;
     ns.pod("client").create().await?;
-    let out = ns.exec("client", &["ping", "-c", "1", "-W", "3", INTERNET_HOST]).await?;
-    ensure!(out.success, "ping {INTERNET_HOST} failed: {}{}", out.stdout, out.stderr);
+    let out = ns
+        .exec("client", &["ping", "-c", "1", "-W", "3", INTERNET_HOST])
+        .await?;
+    ensure!(
+        out.success,
+        "ping {INTERNET_HOST} failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
     Ok(())
 }

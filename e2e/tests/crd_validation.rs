@@ -18,14 +18,26 @@ async fn install_crds(cluster: &Cluster) -> Result<Vec<CustomResourceDefinition>
     for crd in all_crds() {
         let name = crd.metadata.name.clone().context("CRD has a name")?;
         let pp = PatchParams::apply(MANAGER).force();
-        api.patch(&name, &pp, &Patch::Apply(&crd)).await.with_context(|| format!("applying {name}"))?;
+        api.patch(&name, &pp, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying {name}"))?;
         // Returned once Established: the apiextensions controller writes that status itself.
-        let settled = wait_for(&format!("CRD {name} to be Established"), Duration::from_secs(30), || async {
-            let c = api.get(&name).await?;
-            let conditions = c.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-            let established = conditions.iter().any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(established.then_some(c))
-        })
+        let settled = wait_for(
+            &format!("CRD {name} to be Established"),
+            Duration::from_secs(30),
+            || async {
+                let c = api.get(&name).await?;
+                let conditions = c
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                let established = conditions
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                Ok(established.then_some(c))
+            },
+        )
         .await?;
         applied.push(settled);
     }
@@ -52,8 +64,16 @@ fn renamed(object: &Value, name: &str) -> Value {
 /// Applies `object` server-side; returns the stored object.
 async fn apply(cluster: &Cluster, object: &Value) -> kube::Result<DynamicObject> {
     let api = api_for(cluster, object).map_err(|e| kube::Error::Service(e.into()))?;
-    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object)).await
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
 }
 
 async fn delete(cluster: &Cluster, object: &Value) -> Result<()> {
@@ -90,17 +110,32 @@ async fn the_apiserver_accepts_every_example_and_a_second_apply_changes_nothing(
     ensure!(examples.len() == 4, "one example per kind");
     let mut result = Ok(());
     for (file, object) in &examples {
-        let object = renamed(object, &format!("e2e-example-{}", object["metadata"]["name"].as_str().unwrap_or_default()));
+        let object = renamed(
+            object,
+            &format!(
+                "e2e-example-{}",
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            ),
+        );
         // The ClusterNetwork singleton must keep its name.
-        let object = if object["kind"] == "ClusterNetwork" { renamed(&object, "default") } else { object };
-        let first = apply(&cluster, &object).await.with_context(|| format!("{} was refused", file.display()));
+        let object = if object["kind"] == "ClusterNetwork" {
+            renamed(&object, "default")
+        } else {
+            object
+        };
+        let first = apply(&cluster, &object)
+            .await
+            .with_context(|| format!("{} was refused", file.display()));
         let outcome = match first {
             Ok(first) => {
                 let second = apply(&cluster, &object).await?;
                 if first.metadata.resource_version == second.metadata.resource_version {
                     Ok(())
                 } else {
-                    Err(anyhow::anyhow!("re-applying {} changed it (drift)", file.display()))
+                    Err(anyhow::anyhow!(
+                        "re-applying {} changed it (drift)",
+                        file.display()
+                    ))
                 }
             }
             Err(e) => Err(e),
@@ -113,7 +148,8 @@ async fn the_apiserver_accepts_every_example_and_a_second_apply_changes_nothing(
 
 #[tokio::test]
 #[ignore = "needs the local cluster: `make up`, then `make e2e`"]
-async fn the_apiserver_refuses_every_bad_object_with_a_message_that_says_what_to_fix() -> Result<()> {
+async fn the_apiserver_refuses_every_bad_object_with_a_message_that_says_what_to_fix() -> Result<()>
+{
     let cluster = Cluster::connect().await?;
     install_crds(&cluster).await?;
     let cases: Vec<Case> = catalog::invalid_cases()?;
@@ -127,7 +163,9 @@ async fn the_apiserver_refuses_every_bad_object_with_a_message_that_says_what_to
             Some(example) => {
                 let name = format!("e2e-catalog-{i}");
                 let b = renamed(&catalog::example(example)?, &name);
-                apply(&cluster, &b).await.with_context(|| format!("{file}: base {example} was refused"))?;
+                apply(&cluster, &b)
+                    .await
+                    .with_context(|| format!("{file}: base {example} was refused"))?;
                 base = Some(b);
                 renamed(&case.object, &name)
             }
@@ -138,7 +176,9 @@ async fn the_apiserver_refuses_every_bad_object_with_a_message_that_says_what_to
             Some(_) => apply(&cluster, &object).await.map(|_| ()),
             None => {
                 let dynamic: DynamicObject = serde_json::from_value(object.clone())?;
-                api.create(&PostParams::default(), &dynamic).await.map(|_| ())
+                api.create(&PostParams::default(), &dynamic)
+                    .await
+                    .map(|_| ())
             }
         };
         match outcome {
