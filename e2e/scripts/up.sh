@@ -8,6 +8,7 @@ mkdir -p "$LOGS"
 log "Kubernetes $K8S_VERSION binaries (cached in $FERRITE_CACHE/k8s; a cold build takes ~20 minutes)"
 "$E2E/scripts/build-k8s.sh" core >"$LOGS/build-k8s.log" 2>&1 || die "build failed, see $LOGS/build-k8s.log"
 "$E2E/scripts/images.sh"
+"$E2E/scripts/ferrite-images.sh"
 "$E2E/scripts/cluster-up.sh"
 cat <<MSG
 

@@ -170,6 +170,7 @@ impl TestNamespace {
             image: AGNHOST.into(),
             args: vec![],
             labels: BTreeMap::new(),
+            restart_never: false,
         }
         .netexec()
     }
@@ -262,6 +263,7 @@ pub struct PodBuilder<'a> {
     image: String,
     args: Vec<String>,
     labels: BTreeMap<String, String>,
+    restart_never: bool,
 }
 
 impl PodBuilder<'_> {
@@ -295,30 +297,59 @@ impl PodBuilder<'_> {
         self
     }
 
-    /// Creates the pod and waits until it is Ready; returns it (with its IP).
-    pub async fn create(self) -> Result<Pod> {
-        let pod = Pod {
+    /// Runs the pod once (restartPolicy Never) and returns its logs once it succeeded; fails with
+    /// the logs when it failed.
+    pub async fn run_to_completion(mut self) -> Result<String> {
+        self.restart_never = true;
+        let (api, name, ns) = (self.ns.pods(), self.name.clone(), self.ns.name.clone());
+        api.create(&PostParams::default(), &self.build())
+            .await
+            .with_context(|| format!("creating pod {name}"))?;
+        let phase = wait_for(
+            &format!("pod {ns}/{name} to finish"),
+            POD_READY_TIMEOUT,
+            || async {
+                let phase = api.get(&name).await?.status.and_then(|s| s.phase);
+                Ok(phase.filter(|p| p == "Succeeded" || p == "Failed"))
+            },
+        )
+        .await?;
+        let logs = api.logs(&name, &Default::default()).await?;
+        if phase == "Succeeded" {
+            Ok(logs)
+        } else {
+            bail!("pod {ns}/{name} failed: {logs}")
+        }
+    }
+
+    fn build(&self) -> Pod {
+        Pod {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
-                labels: Some(self.labels),
+                labels: Some(self.labels.clone()),
                 ..Default::default()
             },
             spec: Some(PodSpec {
-                node_name: self.node,
+                node_name: self.node.clone(),
                 termination_grace_period_seconds: Some(1),
+                restart_policy: self.restart_never.then(|| "Never".into()),
                 containers: vec![Container {
                     name: "main".into(),
-                    image: Some(self.image),
+                    image: Some(self.image.clone()),
                     image_pull_policy: Some("Never".into()),
-                    args: (!self.args.is_empty()).then_some(self.args),
+                    args: (!self.args.is_empty()).then(|| self.args.clone()),
                     ..Default::default()
                 }],
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    /// Creates the pod and waits until it is Ready; returns it (with its IP).
+    pub async fn create(self) -> Result<Pod> {
         let api = self.ns.pods();
-        api.create(&PostParams::default(), &pod)
+        api.create(&PostParams::default(), &self.build())
             .await
             .with_context(|| format!("creating pod {}", self.name))?;
         let what = format!("pod {}/{} to be Ready", self.ns.name, self.name);

@@ -154,3 +154,25 @@ async fn a_pod_reaches_the_host_outside_the_cluster() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: `make up`, then `make e2e`"]
+async fn ferrites_own_images_are_on_every_node_and_run() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let ns = TestNamespace::create(&cluster, "images").await?;
+    for node in cluster.node_names().await? {
+        for image in ["ferrite-agent", "ferrite-operator", "ferrite-web"] {
+            let logs = ns
+                .pod(&format!("{image}-{node}"))
+                .on_node(&node)
+                .image(&format!("localhost/{image}:dev"), &["--version"])
+                .run_to_completion()
+                .await?;
+            ensure!(
+                logs.contains(env!("CARGO_PKG_VERSION")),
+                "{image} on {node} printed {logs:?}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds Ferrite's own images from this checkout's release binaries: localhost/ferrite-agent:dev
+# (with the CNI plugin inside), localhost/ferrite-operator:dev and localhost/ferrite-web:dev.
+# Each holds the binaries and the shared libraries they link (found with ldd), nothing else.
+# An image is rewritten only when its content changed, so `make up` re-imports exactly those.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+mkdir -p "$IMAGES" "$LOGS"
+cd "$REPO"
+log "cargo build --release (Ferrite's binaries)"
+cargo build --release --locked -p ferrite-agent -p ferrite-cni -p ferrite-operator -p ferrite-web >"$LOGS/cargo-release.log" 2>&1 \
+  || die "cargo build --release failed, see $LOGS/cargo-release.log"
+T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+
+image() { # name entrypoint binary...
+  local name=$1 entry=$2; shift 2
+  local R; R=$(mktemp -d)
+  mkdir -p "$R/usr/local/bin" "$R/tmp"
+  for b in "$@"; do
+    install -m 0755 "$T/$b" "$R/usr/local/bin/$b"
+    for lib in $(ldd "$T/$b" | grep -oE '/[^ ]+'); do install -D -m 0755 "$lib" "$R$lib"; done
+  done
+  local sum; sum=$(cd "$R" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$IMAGES/$name.sum" 2>/dev/null)" != "$sum" ]; then
+    log "image localhost/$name:dev"
+    "$E2E/scripts/mkimage.sh" "$R" "$IMAGES/$name.tar" "[\"/usr/local/bin/$entry\"]" 'null' "localhost/$name:dev"
+    echo "$sum" >"$IMAGES/$name.sum"
+  fi
+  rm -rf "$R"
+}
+image ferrite-agent ferrite-agent ferrite-agent ferrite
+image ferrite-operator ferrite-operator ferrite-operator
+image ferrite-web ferrite-web ferrite-web
