@@ -1,8 +1,18 @@
-//! Ferrite's CNI plugin and the agent-CNI protocol.
+//! Ferrite's CNI plugin (`ferrite`, installed into `/opt/cni/bin`) and the protocol it shares
+//! with the node agent.
 //!
-//! The library side holds the types shared with the agent; the binary parses a CNI request, asks the agent over its unix socket and prints the result.
+//! The plugin is thin: it parses the runtime's request ([`spec`]), asks the agent over a unix
+//! socket, and prints the result or a CNI error. Types that cross the process boundary live
+//! here, in the library, so the agent links this crate and not the other way round.
 //!
-//! Nothing is implemented yet: issue 4 builds it. The binary says so and exits non-zero.
+//! Status: the protocol ([`spec`]) is implemented and tested; talking to the agent arrives with
+//! the agent (issue 4). The binary answers VERSION, and refuses everything else with a CNI error.
+
+pub mod spec;
 
 /// The version every Ferrite component reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Where the agent listens for the plugin, on the node.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/ferrite/cni.sock";
+/// Where DEL requests wait while the agent is down.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/cni/ferrite/pending-del";
