@@ -1,8 +1,10 @@
-//! Ferrite's node agent.
+//! Ferrite's node agent: owns one node's datapath — IPAM from its blocks, pod veths and routes,
+//! tunnels, Services, NetworkPolicy, WireGuard, SNAT and flows.
 //!
-//! Owns one node's datapath: IPAM from its blocks, pod veths and routes, tunnels, Services, NetworkPolicy, WireGuard, SNAT and flows.
-//!
-//! Nothing is implemented yet: issue 4 and later builds it. The binary says so and exits non-zero.
+//! Status: [`ipam`] (the allocator and its crash-safe store) is implemented and tested; the
+//! rest arrives with issue 4 and later. The binary says so and exits non-zero.
+
+pub mod ipam;
 
 /// The version every Ferrite component reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
