@@ -29,20 +29,26 @@ if ! img busybox /bin/busybox; then
   "$HERE/mkimage.sh" "$R/busybox" "$IMAGES/busybox.tar" 'null' '["sh"]' "$E2E_REG/busybox:1.37.0-1" docker.io/library/busybox:latest
 fi
 
-# agnhost: the upstream image is Alpine with bash, curl, netcat, dig, iproute2; Debian minbase with the same tools.
-if [ ! -x "$ROOTFS/agnhost/bin/bash" ]; then
+# agnhost: the upstream image is Alpine (busybox: wget, nslookup, ...) with bash, curl, netcat, dig,
+# iproute2 and iperf; this is Debian minbase with the same tools. The rootfs is cached per package list.
+AGNHOST_PKGS=ca-certificates,curl,wget,netcat-openbsd,iproute2,iputils-ping,bind9-dnsutils,bash,procps,socat,iperf,iperf3
+AGNHOST_ROOTFS=$ROOTFS/agnhost-$(echo "$AGNHOST_PKGS" | sha256sum | cut -c1-12)
+if [ ! -x "$AGNHOST_ROOTFS/bin/bash" ]; then
   log "agnhost rootfs (mmdebstrap, a few minutes once)"
-  mirror=$(grep -hoE 'https?://[^[:space:]]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -1)
+  # NB: Debian 12 images may have no /etc/apt/sources.list at all (deb822 .sources only).
+  # Only active entries: 'URIs:' (deb822) or 'deb' lines, never a commented-out one.
+  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | grep -E '^(URIs:|deb )' \
+    | grep -oE 'https?://[^[:space:]]+/debian/?([[:space:]]|$)' | head -1 | tr -d '[:space:]' || true)
   [ -n "$mirror" ] || die "no Debian repository in the apt sources; set one up first"
-  rm -rf "$ROOTFS/agnhost.tmp"; mkdir -p "$ROOTFS"
-  mmdebstrap --variant=minbase --include=ca-certificates,curl,netcat-openbsd,iproute2,iputils-ping,bind9-dnsutils,bash,procps,socat,iperf3 \
-    bookworm "$ROOTFS/agnhost.tmp" "$mirror" >"$LOGS/mmdebstrap.log" 2>&1 || die "mmdebstrap failed, see $LOGS/mmdebstrap.log"
-  rm -rf "$ROOTFS/agnhost.tmp/var/cache/apt" "$ROOTFS/agnhost.tmp/var/lib/apt/lists"
-  mv "$ROOTFS/agnhost.tmp" "$ROOTFS/agnhost"
+  rm -rf "$AGNHOST_ROOTFS.tmp"; mkdir -p "$ROOTFS" "$LOGS"
+  mmdebstrap --variant=minbase --include="$AGNHOST_PKGS" bookworm "$AGNHOST_ROOTFS.tmp" "$mirror" >"$LOGS/mmdebstrap.log" 2>&1 \
+    || die "mmdebstrap failed, see $LOGS/mmdebstrap.log"
+  rm -rf "$AGNHOST_ROOTFS.tmp/var/cache/apt" "$AGNHOST_ROOTFS.tmp/var/lib/apt/lists"
+  mv "$AGNHOST_ROOTFS.tmp" "$AGNHOST_ROOTFS"
 fi
-if ! img agnhost "$BIN/agnhost"; then
+if ! img agnhost "$BIN/agnhost" || ! img agnhost "$AGNHOST_ROOTFS/bin/bash"; then
   log "agnhost"
-  cp -a "$ROOTFS/agnhost" "$R/agnhost"
+  cp -a "$AGNHOST_ROOTFS" "$R/agnhost"
   install -m 0755 "$BIN/agnhost" "$R/agnhost/agnhost"; ln -sf agnhost "$R/agnhost/agnhost-2"
   mkdir -p "$R/agnhost/uploads"
   cp "$K8S_SRC/test/images/agnhost/porter/localhost.crt" "$K8S_SRC/test/images/agnhost/porter/localhost.key" "$R/agnhost/"
