@@ -46,7 +46,9 @@ if [ ! -x "$AGNHOST_ROOTFS/bin/bash" ]; then
   rm -rf "$AGNHOST_ROOTFS.tmp/var/cache/apt" "$AGNHOST_ROOTFS.tmp/var/lib/apt/lists"
   mv "$AGNHOST_ROOTFS.tmp" "$AGNHOST_ROOTFS"
 fi
-if ! img agnhost "$BIN/agnhost" || ! img agnhost "$AGNHOST_ROOTFS/bin/bash"; then
+# Rebuilt when its inputs change: the rootfs (keyed by package list) or the agnhost binary.
+agnhost_key="$(basename "$AGNHOST_ROOTFS") $(sha256sum "$BIN/agnhost" | cut -c1-16)"
+if [ ! -f "$IMAGES/agnhost.tar" ] || [ "$(cat "$IMAGES/agnhost.key" 2>/dev/null)" != "$agnhost_key" ]; then
   log "agnhost"
   cp -a "$AGNHOST_ROOTFS" "$R/agnhost"
   install -m 0755 "$BIN/agnhost" "$R/agnhost/agnhost"; ln -sf agnhost "$R/agnhost/agnhost-2"
@@ -54,6 +56,7 @@ if ! img agnhost "$BIN/agnhost" || ! img agnhost "$AGNHOST_ROOTFS/bin/bash"; the
   cp "$K8S_SRC/test/images/agnhost/porter/localhost.crt" "$K8S_SRC/test/images/agnhost/porter/localhost.key" "$R/agnhost/"
   "$HERE/mkimage.sh" "$R/agnhost" "$IMAGES/agnhost.tar" '["/agnhost"]' '["pause"]' \
     "$E2E_REG/agnhost:2.56" "$E2E_REG/jessie-dnsutils:1.7"
+  echo "$agnhost_key" >"$IMAGES/agnhost.key"
 fi
 
 if ! img coredns "$BIN/coredns"; then
