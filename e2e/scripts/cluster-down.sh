@@ -31,8 +31,7 @@ ip link del "$INET_VETH" 2>/dev/null
 ip link del "$BR" 2>/dev/null                 # takes the host's routes to the pod CIDRs with it
 rm -rf /dev/shm/ferrite-etcd
 if [ -f "$CLUSTER/sysctl.saved" ]; then
-  read -r fwd inst watches <"$CLUSTER/sysctl.saved"
-  sysctl -qw net.ipv4.ip_forward="$fwd" fs.inotify.max_user_instances="$inst" fs.inotify.max_user_watches="$watches"
+  while read -r kv; do sysctl -qw "$kv"; done <"$CLUSTER/sysctl.saved"
 fi
 # overlayfs snapshots may still be mounted if a node's mount namespace outlived it; they are ours only.
 grep -o " $CLUSTER[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done

@@ -19,8 +19,8 @@ preflight() {
   for c in cpu cpuacct cpuset memory pids; do
     mountpoint -q "/sys/fs/cgroup/$c" || die "cgroup v1 controller $c is not mounted (the kubelets run with cgroupfs on v1)"
   done
-  [ -f "$CLUSTER/sysctl.saved" ] || sysctl -n net.ipv4.ip_forward fs.inotify.max_user_instances fs.inotify.max_user_watches \
-    | paste -sd' ' >"$CLUSTER/sysctl.saved"
+  # shellcheck disable=SC2086
+  [ -f "$CLUSTER/sysctl.saved" ] || sysctl $HOST_SYSCTLS | sed 's/ = /=/' >"$CLUSTER/sysctl.saved"
   sysctl -qw net.ipv4.ip_forward=1 fs.inotify.max_user_instances=8192 fs.inotify.max_user_watches=524288
   for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
     [ -x "$BIN/$b" ] || die "missing $BIN/$b: run e2e/scripts/build-k8s.sh"

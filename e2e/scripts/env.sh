@@ -26,6 +26,9 @@ CGROUP_PREFIX=ferrite-node
 BIN_KEY="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-coredns-$COREDNS_VERSION-$(go env GOVERSION 2>/dev/null || echo nogo)"
 BIN=$FERRITE_CACHE/k8s/$BIN_KEY/bin
 IMAGES=$FERRITE_CACHE/images
+# Host sysctls the cluster changes: ours, and those kubelet sets on start (it is not told
+# protectKernelDefaults). Saved before the first start, restored by cluster-down.sh.
+HOST_SYSCTLS="net.ipv4.ip_forward fs.inotify.max_user_instances fs.inotify.max_user_watches vm.overcommit_memory kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 log() { echo "[$(basename "$0") $(date +%T)] $*"; }
 die() { echo "ERROR: $*" >&2; exit 1; }
 kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }

@@ -13,5 +13,6 @@ echo "## processes";   for p in /proc/[0-9]*; do exe=$(readlink "$p/exe" 2>/dev/
                          case "$exe" in "$BIN"/*|*/containerd|*/containerd-shim*|*/runc) echo "$exe";; esac; done | sort
 echo "## paths";       for p in /var/lib/kubelet /var/lib/containerd /var/lib/cni /etc/cni/net.d /opt/cni/bin /var/log/pods \
                          /var/log/containers /dev/shm/ferrite-etcd "$CLUSTER" "$KUBECONFIG_ADMIN"; do [ -e "$p" ] && echo "$p"; done
-echo "## sysctls";     sysctl -n net.ipv4.ip_forward fs.inotify.max_user_instances fs.inotify.max_user_watches
+# shellcheck disable=SC2086
+echo "## sysctls";     sysctl $HOST_SYSCTLS
 echo "## nftables";    nft list tables 2>/dev/null | sort
