@@ -1,10 +1,12 @@
 //! Ferrite's node agent: owns one node's datapath — IPAM from its blocks, pod veths and routes,
 //! tunnels, Services, NetworkPolicy, WireGuard, SNAT and flows.
 //!
-//! Status: [`ipam`] (the allocator and its crash-safe store) is implemented and tested; the
+//! Status: [`ipam`] (the allocator and its crash-safe store) and [`routing`] (desired
+//! inter-node state per routing mode) are implemented and unit-tested; the
 //! rest arrives with issue 4 and later. The binary says so and exits non-zero.
 
 pub mod ipam;
+pub mod routing;
 
 /// The version every Ferrite component reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
