@@ -31,4 +31,7 @@ IMAGES=$FERRITE_CACHE/images
 HOST_SYSCTLS="net.ipv4.ip_forward fs.inotify.max_user_instances fs.inotify.max_user_watches vm.overcommit_memory kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 log() { echo "[$(basename "$0") $(date +%T)] $*"; }
 die() { echo "ERROR: $*" >&2; exit 1; }
+# NB: only ever talk to the cluster's address while it is on our own bridge. Without the bridge,
+# 172.30.0.1 is not on this machine and a probe would leave it by the default route.
+cluster_address_is_local() { ip -o addr show dev "$BR" 2>/dev/null | grep -q " $HOST_IP/"; }
 kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }

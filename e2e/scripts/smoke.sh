@@ -7,12 +7,12 @@ source "$(dirname "$0")/env.sh"
 mkdir -p "$STATE"
 cd "$REPO"
 was_up=false
-[ -f "$KUBECONFIG_ADMIN" ] && [ -x "$BIN/kubectl" ] && kc get --raw /readyz >/dev/null 2>&1 && was_up=true
+cluster_address_is_local && [ -f "$KUBECONFIG_ADMIN" ] && [ -x "$BIN/kubectl" ] && kc get --raw /readyz >/dev/null 2>&1 && was_up=true
 if ! $was_up; then
   # A live apiserver on the cluster's address that is not ours belongs to another checkout's
   # cluster: refuse rather than tear it down. A dead one's leftovers (namespaces, links, cgroups
   # outlive the processes) are cleaned.
-  if curl -sk -m 3 "https://$HOST_IP:6443/readyz" >/dev/null 2>&1; then
+  if cluster_address_is_local && curl -sk -m 3 "https://$HOST_IP:6443/readyz" >/dev/null 2>&1; then
     die "a local cluster started from another checkout is running (https://$HOST_IP:6443): run make down there first"
   fi
   "$E2E/scripts/cluster-down.sh" >/dev/null

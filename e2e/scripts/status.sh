@@ -2,7 +2,7 @@
 # `make status`: what runs of the local cluster.
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
-[ -f "$KUBECONFIG_ADMIN" ] || { echo "no local cluster (make up starts one)"; exit 0; }
+{ [ -f "$KUBECONFIG_ADMIN" ] && cluster_address_is_local; } || { echo "no local cluster (make up starts one)"; exit 0; }
 for f in "$CLUSTER"/run/*.pid "$CLUSTER"/nodes/*/*.pid; do
   [ -f "$f" ] || continue
   p=$(cat "$f"); name=${f#"$CLUSTER"/}; name=${name%.pid}

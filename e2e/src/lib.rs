@@ -58,6 +58,7 @@ impl Cluster {
         })?;
         let config =
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        ensure_local(config.cluster_url.host().unwrap_or_default())?;
         Ok(Self {
             client: Client::try_from(config)?,
         })
@@ -80,6 +81,20 @@ impl Cluster {
             .filter_map(|n| n.metadata.name)
             .collect())
     }
+}
+
+/// Refuses a cluster address that is not on this machine: tests only ever talk to addresses
+/// the local cluster owns. (A stale kubeconfig after `make down` points at an address that
+/// would leave the machine by its default route.) Binding a socket to an IP succeeds only when
+/// the IP is assigned to a local interface.
+fn ensure_local(host: &str) -> Result<()> {
+    let host = host.trim_matches(|c| c == '[' || c == ']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        std::net::UdpSocket::bind((ip, 0)).with_context(|| {
+            format!("the cluster's address {ip} is not on this machine: start the cluster with `make up`")
+        })?;
+    }
+    Ok(())
 }
 
 /// Polls `probe` every half second until it returns `Ok(Some(_))`, for at most `timeout`.
