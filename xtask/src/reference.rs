@@ -95,10 +95,6 @@ fn fields(out: &mut String, path: &str, s: &JSONSchemaProps, top: bool) {
     if !top {
         let _ = writeln!(out, "| `{path}` | {} | {} |", type_of(s), describe(s));
     }
-    // k8s-openapi types (LabelSelector, ResourceRequirements, Condition, ...) are documented upstream.
-    if s.description.as_deref().is_some_and(is_upstream) && !top {
-        return;
-    }
     for (name, p) in s.properties.iter().flatten() {
         fields(out, &format!("{path}.{name}"), p, false);
     }
@@ -107,17 +103,6 @@ fn fields(out: &mut String, path: &str, s: &JSONSchemaProps, top: bool) {
             fields(out, &format!("{path}[].{name}"), p, false);
         }
     }
-}
-
-fn is_upstream(description: &str) -> bool {
-    [
-        "A label selector",
-        "ResourceRequirements",
-        "Condition contains",
-        "The pod this Toleration",
-    ]
-    .iter()
-    .any(|p| description.starts_with(p))
 }
 
 fn type_of(s: &JSONSchemaProps) -> String {
