@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 : "${SUITES:=network-conformance services netpol}" "${PROCS:=2}"
-cluster_address_is_local && [ -f "$KUBECONFIG_ADMIN" ] && kc get --raw /readyz >/dev/null 2>&1 || die "no running local cluster: make up first"
+cluster_running || die "no running local cluster: make up first"
 "$E2E/scripts/build-k8s.sh" conformance >"$LOGS/build-conformance.log" 2>&1 || die "building e2e.test failed, see $LOGS/build-conformance.log"
 # Not in this kernel or this cluster: SCTP, IPv6, IPVS-only behaviour, cloud load balancers; and
 # tests that disrupt the control plane or reboot nodes.

@@ -34,4 +34,8 @@ die() { echo "ERROR: $*" >&2; exit 1; }
 # NB: only ever talk to the cluster's address while it is on our own bridge. Without the bridge,
 # 172.30.0.1 is not on this machine and a probe would leave it by the default route.
 cluster_address_is_local() { ip -o addr show dev "$BR" 2>/dev/null | grep -q " $HOST_IP/"; }
+# The cluster of this checkout answers (its address is local, its kubeconfig and kubectl exist).
+cluster_running() {
+  cluster_address_is_local && [ -f "$KUBECONFIG_ADMIN" ] && [ -x "$BIN/kubectl" ] && kc get --raw /readyz >/dev/null 2>&1
+}
 kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }

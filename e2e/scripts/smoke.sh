@@ -7,7 +7,7 @@ source "$(dirname "$0")/env.sh"
 mkdir -p "$STATE"
 cd "$REPO"
 was_up=false
-cluster_address_is_local && [ -f "$KUBECONFIG_ADMIN" ] && [ -x "$BIN/kubectl" ] && kc get --raw /readyz >/dev/null 2>&1 && was_up=true
+cluster_running && was_up=true
 if ! $was_up; then
   # A live apiserver on the cluster's address that is not ours belongs to another checkout's
   # cluster: refuse rather than tear it down. A dead one's leftovers (namespaces, links, cgroups

@@ -1,5 +1,6 @@
 //! Smoke tests of the local cluster itself: what every later feature test stands on.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -54,33 +55,14 @@ async fn pods_on_every_node_reach_each_other() -> Result<()> {
             .await?;
         pods.push((format!("netexec-{node}"), pod_ip(&pod)?));
     }
-    let ips: Vec<&String> = pods.iter().map(|(_, ip)| ip).collect();
-    ensure!(
-        ips.iter()
-            .all(|ip| ips.iter().filter(|o| o == &ip).count() == 1),
-        "pod IPs collide: {ips:?}"
-    );
-    for (from, _) in &pods {
+    let distinct: BTreeSet<&String> = pods.iter().map(|(_, ip)| ip).collect();
+    ensure!(distinct.len() == pods.len(), "pod IPs collide: {pods:?}");
+    for (from, from_ip) in &pods {
         for (to, ip) in &pods {
             ns.connect(from, ip, NETEXEC_PORT).await?;
             // The peer sees our own address, not a NATed one: netexec echoes the client address.
-            let out = ns
-                .exec(
-                    from,
-                    &[
-                        "curl",
-                        "-s",
-                        "-m",
-                        "5",
-                        &format!("http://{ip}:{NETEXEC_PORT}/clientip"),
-                    ],
-                )
-                .await?;
-            let from_ip = &pods
-                .iter()
-                .find(|(n, _)| n == from)
-                .map(|(_, ip)| ip.clone())
-                .unwrap_or_default();
+            let url = format!("http://{ip}:{NETEXEC_PORT}/clientip");
+            let out = ns.exec(from, &["curl", "-s", "-m", "5", &url]).await?;
             ensure!(
                 out.stdout.starts_with(&format!("{from_ip}:")),
                 "{from} -> {to}: peer saw {:?}, expected {from_ip}",

@@ -62,18 +62,14 @@ fn renamed(object: &Value, name: &str) -> Value {
 }
 
 /// Applies `object` server-side; returns the stored object.
-async fn apply(cluster: &Cluster, object: &Value) -> kube::Result<DynamicObject> {
-    let api = api_for(cluster, object).map_err(|e| kube::Error::Service(e.into()))?;
+async fn apply(cluster: &Cluster, object: &Value) -> Result<DynamicObject> {
+    let api = api_for(cluster, object)?;
     let name = object["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
+    let pp = PatchParams::apply(MANAGER).force();
+    Ok(api.patch(&name, &pp, &Patch::Apply(object)).await?)
 }
 
 async fn delete(cluster: &Cluster, object: &Value) -> Result<()> {
@@ -179,6 +175,7 @@ async fn the_apiserver_refuses_every_bad_object_with_a_message_that_says_what_to
                 api.create(&PostParams::default(), &dynamic)
                     .await
                     .map(|_| ())
+                    .map_err(anyhow::Error::from)
             }
         };
         match outcome {
