@@ -8,7 +8,12 @@
 //! Status: the protocol ([`spec`]) is implemented and tested; talking to the agent arrives with
 //! the agent (issue 4). The binary answers VERSION, and refuses everything else with a CNI error.
 
+pub mod client;
+pub mod proto;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod spec;
+pub mod spool;
 
 /// The version every Ferrite component reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,7 +5,10 @@
 //! inter-node state per routing mode) are implemented and unit-tested; the
 //! rest arrives with issue 4 and later. The binary says so and exits non-zero.
 
+pub mod datapath;
 pub mod ipam;
+pub mod nat;
+pub mod netns;
 pub mod routing;
 
 /// The version every Ferrite component reports.

@@ -1,0 +1,1 @@
+//! DEL requests queued while the agent is down, replayed by the agent when it is back.

@@ -1,0 +1,1 @@
+//! Pod interfaces: the veth pair, its addresses, routes and neighbour entries.

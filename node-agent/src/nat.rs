@@ -1,0 +1,1 @@
+//! Egress masquerade in nftables, in Ferrite's own table.
