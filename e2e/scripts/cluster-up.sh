@@ -146,7 +146,7 @@ YAML
 node_files() { # i
   local i=$1 D=$CLUSTER/nodes/node$1
   mkdir -p "$D/logs"
-  for p in var/lib/kubelet var/lib/containerd var/lib/cni etc/cni/net.d opt/cni/bin var/log/pods var/log/containers run/ferrite; do
+  for p in var/lib/kubelet var/lib/containerd var/lib/cni var/lib/ferrite etc/cni/net.d opt/cni/bin var/log/pods var/log/containers run/ferrite; do
     mkdir -p "$D/fs/${p//\//-}"
   done
   for p in bridge host-local loopback portmap; do cp -u "/usr/lib/cni/$p" "$D/fs/opt-cni-bin/"; done
@@ -272,6 +272,31 @@ NFT
   done
 }
 
+# Ferrite's CNI: the CRDs, then the operator, the agent DaemonSet and a default ClusterNetwork
+# and IPPool (deploy/ferrite.yaml). The agents install the plugin and its configuration on
+# their nodes once their datapath is programmed; the kubelets then report Ready.
+ferrite_cni() {
+  kc apply --server-side --force-conflicts -f "$REPO/crds/yaml/all.yaml" >/dev/null
+  kc wait --for=condition=Established --timeout=60s \
+    crd/ippools.ferrite.dev crd/clusternetworks.ferrite.dev crd/nodenetworks.ferrite.dev crd/encryptionpolicies.ferrite.dev >/dev/null \
+    || die "Ferrite's CRDs are not established: kubectl --kubeconfig $KUBECONFIG_ADMIN get crd"
+  sed -e "s#@AGENT_IMAGE@#localhost/ferrite-agent:dev#" -e "s#@OPERATOR_IMAGE@#localhost/ferrite-operator:dev#" \
+      -e "s#@PULL_POLICY@#Never#" -e "s#@POOL_CIDR@#$CLUSTER_CIDR#" -e "s#@SERVICE_CIDR@#$SVC_CIDR#" \
+      -e "s#@ROUTING_MODE@#$FERRITE_ROUTING#" "$REPO/deploy/ferrite.yaml" | kc apply --server-side -f - >/dev/null
+  # A rebuilt image has the same tag: restart what runs an older one.
+  kc -n ferrite-system rollout restart deploy/ferrite-operator ds/ferrite-agent >/dev/null
+  kc -n ferrite-system rollout status deploy/ferrite-operator --timeout=180s >/dev/null \
+    || die "ferrite-operator did not start: kubectl --kubeconfig $KUBECONFIG_ADMIN -n ferrite-system logs deploy/ferrite-operator"
+  kc -n ferrite-system rollout status ds/ferrite-agent --timeout=180s >/dev/null \
+    || die "ferrite-agent is not ready on every node: kubectl --kubeconfig $KUBECONFIG_ADMIN -n ferrite-system logs ds/ferrite-agent"
+  # The host runs the control plane but is not a node: route each node's blocks via the node,
+  # so the apiserver reaches pods (webhooks, aggregated APIs, kubectl port-forward's peers).
+  local via blocks b
+  kc get nodenetworks -o jsonpath='{range .items[*]}{.spec.nodeIP}{" "}{.spec.blocks[*]}{"\n"}{end}' | while read -r via blocks; do
+    for b in $blocks; do ip route replace "$b" via "$via"; done
+  done
+}
+
 addons() {
   sed -e "s/@DNS_IP@/$DNS_IP/" -e "s/@COREDNS_VERSION@/$COREDNS_VERSION/" "$E2E/manifests/coredns.yaml" | kc apply -f - >/dev/null
 }
@@ -279,7 +304,7 @@ addons() {
 # The nodes bind-mount their own directories over these host paths; create the mount points
 # that do not exist yet and remember them, so cluster-down.sh removes exactly those.
 mount_points() {
-  for p in var/lib/kubelet var/lib/containerd var/lib/cni etc/cni/net.d opt/cni/bin var/log/pods var/log/containers; do
+  for p in var/lib/kubelet var/lib/containerd var/lib/cni var/lib/ferrite etc/cni/net.d opt/cni/bin var/log/pods var/log/containers; do
     [ -d "/$p" ] && continue
     mkdir -p "/$p" && echo "/$p" >>"$STATE/created-dirs"
   done
@@ -290,7 +315,7 @@ for i in $(seq "$NODES"); do start_node "$i"; done
 for _ in $(seq 180); do [ "$(kc get nodes --no-headers 2>/dev/null | wc -l)" -ge "$NODES" ] && break; sleep 1; done
 case "$FERRITE_CNI" in
   reference) reference_cni ;;
-  ferrite) die "FERRITE_CNI=ferrite: Ferrite's CNI is not built yet (issue 4)" ;;
+  ferrite) ferrite_cni ;;
   *) die "FERRITE_CNI must be reference or ferrite, not $FERRITE_CNI" ;;
 esac
 kc wait --for=condition=Ready nodes --all --timeout=180s >/dev/null || die "nodes not Ready: kubectl --kubeconfig $KUBECONFIG_ADMIN describe nodes"

@@ -10,7 +10,8 @@ source "$E2E/scripts/versions.env"
 : "${INET_NET:=198.51.100}"                  # the "internet host": $INET_NET.10, host side $INET_NET.1
 : "${SVC_CIDR:=10.96.0.0/12}" "${SVC_IP:=10.96.0.1}" "${DNS_IP:=10.96.0.10}"
 : "${CLUSTER_CIDR:=10.244.0.0/16}"
-: "${FERRITE_CNI:=reference}"                # reference (bridge + host-local) | ferrite (once it exists)
+: "${FERRITE_CNI:=ferrite}"                  # ferrite | reference (bridge + host-local, for comparison)
+: "${FERRITE_ROUTING:=VXLAN}"                # ClusterNetwork routingMode with FERRITE_CNI=ferrite: VXLAN | Native
 : "${FERRITE_PROXY:=kube-proxy}"             # kube-proxy (nftables mode) | ferrite (once it exists)
 : "${KUBE_PROXY_MODE:=nftables}"
 : "${SANDBOX_IMAGE:=registry.k8s.io/pause:3.10.1}"

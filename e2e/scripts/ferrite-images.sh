@@ -12,13 +12,14 @@ cargo build --release --locked -p ferrite-agent -p ferrite-cni -p ferrite-operat
   || die "cargo build --release failed, see $LOGS/cargo-release.log"
 T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 
-image() { # name entrypoint binary...
+image() { # name entrypoint binary... (a bare name is ours, from $T; an absolute path is the host's)
   local name=$1 entry=$2; shift 2
-  local R; R=$(mktemp -d)
+  local R b src dst; R=$(mktemp -d)
   mkdir -p "$R/usr/local/bin" "$R/tmp"
   for b in "$@"; do
-    install -m 0755 "$T/$b" "$R/usr/local/bin/$b"
-    for lib in $(ldd "$T/$b" | grep -oE '/[^ ]+'); do install -D -m 0755 "$lib" "$R$lib"; done
+    case $b in /*) src=$b dst=$R$b ;; *) src=$T/$b dst=$R/usr/local/bin/$b ;; esac
+    install -D -m 0755 "$src" "$dst"
+    for lib in $(ldd "$src" | grep -oE '/[^ ]+'); do install -D -m 0755 "$lib" "$R$lib"; done
   done
   local sum; sum=$(cd "$R" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$IMAGES/$name.sum" 2>/dev/null)" != "$sum" ]; then
@@ -28,6 +29,7 @@ image() { # name entrypoint binary...
   fi
   rm -rf "$R"
 }
-image ferrite-agent ferrite-agent ferrite-agent ferrite
+# The agent drives nftables through `nft -j` (the nftables crate), so nft ships with it.
+image ferrite-agent ferrite-agent ferrite-agent ferrite /usr/sbin/nft
 image ferrite-operator ferrite-operator ferrite-operator
 image ferrite-web ferrite-web ferrite-web

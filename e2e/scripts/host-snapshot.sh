@@ -11,7 +11,7 @@ echo "## cgroups";     for c in /sys/fs/cgroup/*/; do [ -L "${c%/}" ] || ls -1 "
 echo "## mounts";      awk '{print $2}' /proc/self/mounts | grep -E "$STATE|/var/lib/(kubelet|containerd|cni)|/etc/cni|/opt/cni|/var/log/(pods|containers)|/run/netns" | sort
 echo "## processes";   for p in /proc/[0-9]*; do exe=$(readlink "$p/exe" 2>/dev/null) || continue
                          case "$exe" in "$BIN"/*|*/containerd|*/containerd-shim*|*/runc) echo "$exe";; esac; done | sort
-echo "## paths";       for p in /var/lib/kubelet /var/lib/containerd /var/lib/cni /etc/cni/net.d /opt/cni/bin /var/log/pods \
+echo "## paths";       for p in /var/lib/kubelet /var/lib/containerd /var/lib/cni /var/lib/ferrite /etc/cni/net.d /opt/cni/bin /var/log/pods \
                          /var/log/containers /dev/shm/ferrite-etcd "$CLUSTER" "$KUBECONFIG_ADMIN"; do [ -e "$p" ] && echo "$p"; done
 # shellcheck disable=SC2086
 echo "## sysctls";     sysctl $HOST_SYSCTLS

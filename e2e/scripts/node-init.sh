@@ -14,7 +14,7 @@ mount --make-rshared /
 mount -t tmpfs -o mode=755 tmpfs /run            # node-private /run: containerd socket, shims, netns pins
 mkdir -p /run/containerd /run/netns /run/xtables
 # Conventional host paths -> per-node directories, so hostPath volumes of DaemonSets stay per node.
-for p in var/lib/kubelet var/lib/containerd var/lib/cni etc/cni/net.d opt/cni/bin var/log/pods var/log/containers run/ferrite; do
+for p in var/lib/kubelet var/lib/containerd var/lib/cni var/lib/ferrite etc/cni/net.d opt/cni/bin var/log/pods var/log/containers run/ferrite; do
   mkdir -p "/$p"                                 # only /run/ferrite (tmpfs); cluster-up.sh made the others
   mount --bind "$D/fs/${p//\//-}" "/$p"
 done

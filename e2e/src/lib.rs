@@ -402,3 +402,86 @@ pub fn pod_ip(pod: &Pod) -> Result<String> {
         .and_then(|s| s.pod_ip.clone())
         .context("pod has no IP")
 }
+
+/// The network namespace of the local cluster's node `node` (`node1`...), or of the outside
+/// host (`internet`), as `make up` names them.
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/run/netns/fe-{name}"))
+}
+
+/// Runs `f` on a thread inside the local cluster's namespace `name` (see [`netns_path`]): a
+/// node's own network (what its host-network processes see) or the outside host's.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let path = netns_path(name);
+    let ns = ferrite_agent::netns::open(&path)
+        .with_context(|| format!("{} is missing: is the cluster up?", path.display()))?;
+    Ok(ferrite_agent::netns::run_in(std::os::fd::AsFd::as_fd(&ns), f)?)
+}
+
+/// A plain HTTP/1.0 GET (no TLS, no redirects) with a 5 s timeout, returning the body.
+/// Only for addresses of the local cluster (node IPs, pod IPs).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP reply from {addr}{path}: {reply:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {addr}{path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_owned())
+}
+
+/// A TCP server on the outside host (`fe-internet`, outside the cluster), recording the source
+/// address of every connection it accepts: what the outside world sees of a pod.
+pub struct OutsideServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    peers: std::sync::mpsc::Receiver<std::net::IpAddr>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OutsideServer {
+    /// Listens on `ip:port` inside the outside host's namespace.
+    pub fn start(ip: &str, port: u16) -> Result<Self> {
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse()?;
+        let listener = in_netns("internet", || std::net::TcpListener::bind(addr))?
+            .with_context(|| format!("listening on {addr} in the outside host"))?;
+        listener.set_nonblocking(true)?;
+        let (tx, peers) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        // The socket stays in the namespace it was opened in; accepting needs no setns.
+        std::thread::spawn(move || {
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((_, peer)) => {
+                        if tx.send(peer.ip()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(Self { addr, peers, stop })
+    }
+
+    /// The source address of the next connection, waiting at most `timeout`.
+    pub fn next_peer(&self, timeout: Duration) -> Result<std::net::IpAddr> {
+        self.peers
+            .recv_timeout(timeout)
+            .with_context(|| format!("no connection reached {} within {timeout:?}", self.addr))
+    }
+}
+
+impl Drop for OutsideServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -5,8 +5,13 @@
 //! inter-node state per routing mode) are implemented and unit-tested; the
 //! rest arrives with issue 4 and later. The binary says so and exits non-zero.
 
+pub mod agent;
+pub mod config;
 pub mod datapath;
+pub mod install;
 pub mod ipam;
+pub mod cluster;
+pub mod metrics;
 pub mod nat;
 pub mod netns;
 pub mod routing;

@@ -114,6 +114,16 @@ impl<S: Store> Allocator<S> {
         self.blocks = blocks;
     }
 
+    /// Replaces the ranges never handed out (a pool's `reservedRanges` changed).
+    pub fn set_reserved(&mut self, reserved: Vec<IpNet>) {
+        self.reserved = reserved;
+    }
+
+    /// How many addresses the blocks can hand out (reserved ranges excluded).
+    pub fn capacity(&self) -> usize {
+        self.candidates().count()
+    }
+
     /// The address of `owner`, allocating one if it has none. Persisted before it is returned.
     pub fn allocate(&mut self, owner: &Owner, pod: Option<String>) -> Result<IpAddr, IpamError> {
         if let Some(ip) = self.address_of(owner) {
