@@ -274,10 +274,13 @@ impl Agent {
 
     /// GC: releases every address and interface the runtime no longer holds.
     async fn gc(&self, request: &Request) -> Result<(), CniError> {
-        let valid: BTreeSet<Owner> = request
-            .valid_attachments
+        // No list at all is not "nothing is valid": collecting on it would detach every pod.
+        let Some(listed) = &request.valid_attachments else {
+            tracing::warn!("GC without cni.dev/valid-attachments: nothing collected");
+            return Ok(());
+        };
+        let valid: BTreeSet<Owner> = listed
             .iter()
-            .flatten()
             .map(|a| Owner {
                 container_id: a.container_id.clone(),
                 ifname: a.ifname.clone(),
@@ -504,7 +507,13 @@ pub async fn replay_spool(agent: &Agent, dir: &std::path::Path) {
             return;
         }
     };
-    for (path, mut request) in pending {
+    for (path, reason) in pending.corrupt {
+        match ferrite_cni::spool::quarantine(&path) {
+            Ok(to) => tracing::warn!("queued DEL {} is unreadable ({reason}): moved to {}", path.display(), to.display()),
+            Err(e) => tracing::warn!("queued DEL {} is unreadable ({reason}) and cannot be moved aside: {e}", path.display()),
+        }
+    }
+    for (path, mut request) in pending.requests {
         request.replayed = true;
         match agent.handle(request, None).await {
             Response::Error(e) => {
@@ -532,9 +541,18 @@ pub async fn serve(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
         };
         let agent = agent.clone();
         tokio::spawn(async move {
-            let response = match ferrite_cni::server::read_request(&stream).await {
-                Ok((request, netns)) => agent.handle(request, netns).await,
-                Err(e) => ferrite_cni::server::error_response(&e),
+            // A plugin that connects and never finishes its request must not hold a task forever.
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                ferrite_cni::server::read_request(&stream),
+            );
+            let response = match read.await {
+                Ok(Ok((request, netns))) => agent.handle(request, netns).await,
+                Ok(Err(e)) => ferrite_cni::server::error_response(&e),
+                Err(_) => {
+                    tracing::warn!("a plugin connection sent no complete request within 10 s");
+                    return;
+                }
             };
             if let Err(e) = ferrite_cni::server::write_response(&stream, &response).await {
                 tracing::warn!("answering the plugin: {e}");

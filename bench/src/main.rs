@@ -1,0 +1,5 @@
+//! `ferrite-bench`: side-by-side benchmarks (`make bench`), written to `docs/benchmarks.md`.
+
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("no benchmarks yet")
+}
