@@ -796,6 +796,8 @@ async fn underlay(host: &Handle, local: IpAddr) -> Result<(u32, u32)> {
             }
         }
     }
+    // The kernel always reports IFLA_MTU; were it missing, Ethernet's default is the best guess
+    // (a device MTU too large for the underlay is refused, and the error says so).
     Ok((index, mtu.unwrap_or(1500)))
 }
 
