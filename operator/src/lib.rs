@@ -1,8 +1,15 @@
 //! Ferrite's operator.
 //!
-//! Owns the controllers of IPPool, ClusterNetwork, EncryptionPolicy and NodeNetwork: pool validation and overlap, per-node blocks, the agent DaemonSet rollout, conditions.
+//! Owns the controllers of IPPool, ClusterNetwork, EncryptionPolicy and NodeNetwork: pool
+//! validation and overlap, per-node blocks, the agent DaemonSet rollout, conditions.
 //!
-//! Nothing is implemented yet: issue 5 builds it. The binary says so and exits non-zero.
+//! Status: the NodeNetwork controller (one NodeNetwork per Node, with its address and at
+//! least one pod address block) is implemented: [`nodenetwork`] over the pure [`blocks`]
+//! and [`selector`]. Pool conditions and usage, finalizers, the agent DaemonSet and leader
+//! election arrive with issue 5.
+
+pub mod blocks;
+pub mod selector;
 
 /// The version every Ferrite component reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
