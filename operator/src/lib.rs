@@ -9,6 +9,7 @@
 //! election arrive with issue 5.
 
 pub mod blocks;
+pub mod claims;
 pub mod selector;
 
 /// The version every Ferrite component reports.
