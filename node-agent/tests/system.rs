@@ -156,7 +156,7 @@ impl Agent {
             write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
             let mut r = String::new();
             s.read_to_string(&mut r).ok()?;
-            r.starts_with("HTTP/1.1 200")
+            (r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
                 .then(|| r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()))
                 .flatten()
         })
@@ -292,6 +292,11 @@ fn links(ns: &Ns) -> String {
     sh_out(&["ip", "-n", &ns.0, "-o", "link", "show"])
 }
 
+/// The veths in `ns` (Ferrite's host sides are named `fe…`).
+fn veths(ns: &Ns) -> String {
+    sh_out(&["ip", "-n", &ns.0, "-o", "link", "show", "type", "veth"])
+}
+
 #[test]
 fn two_nodes_native_then_vxlan_restart_and_cleanup() {
     let tmp = tempfile::tempdir().unwrap();
@@ -373,7 +378,7 @@ fn two_nodes_native_then_vxlan_restart_and_cleanup() {
     assert!(a1.allocations(&n1).is_empty() && a2.allocations(&n2).is_empty());
     let pod_proto = ferrite_agent::datapath::pod::POD_ROUTE_PROTOCOL.to_string();
     for n in [&n1, &n2] {
-        let l = links(n);
+        let l = veths(n);
         assert!(!l.contains(": fe"), "host veths left behind:\n{l}");
         let routes = sh_out(&["ip", "-n", &n.0, "route", "show", "proto", &pod_proto]);
         assert!(routes.trim().is_empty(), "pod routes left behind:\n{routes}");
@@ -437,7 +442,7 @@ fn bad_requests_get_cni_errors_and_leave_nothing_behind() {
     assert!(!ok);
     assert_eq!(out["code"], 101, "{out}");
     assert!(agent.allocations(&node).is_empty(), "address not given back");
-    assert!(!links(&node).contains(": fe"), "half-made veth left:\n{}", links(&node));
+    assert!(!veths(&node).contains(": fe"), "half-made veth left:\n{}", veths(&node));
 
     // Exhaustion names the pool.
     let pods: Vec<Ns> = (0..6).map(|_| Ns::new("p")).collect();
