@@ -1,0 +1,520 @@
+//! The pod datapath against the real kernel. Needs root: every test makes its own network
+//! namespaces — a "node" one standing in for the host (whose handle the agent would hold) and
+//! pod ones — and fails, never skips, if it cannot. The namespace the tests run in is never
+//! changed.
+
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test by panicking"
+)]
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use common::{NODE_IP, Netns, node, tcp_exchange};
+use ferrite_agent::datapath::DatapathError;
+use ferrite_agent::datapath::pod::{
+    Attached, POD_ROUTE_PROTOCOL, PodInterface, attach, check, detach, host_ifname, host_interfaces,
+};
+use ferrite_agent::netns;
+use rtnetlink::Handle;
+
+const MTU: u32 = 1400;
+
+fn pod_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 0, n)
+}
+
+fn pod_interface(n: u8) -> PodInterface {
+    PodInterface {
+        container_id: format!("{:064x}", u64::from(n) * 0x1234_5678_9abc),
+        ifname: "eth0".into(),
+        address: pod_ip(n),
+        mtu: MTU,
+    }
+}
+
+fn node_handle(node: &Netns) -> Handle {
+    netns::handle_in(node.fd()).expect("netlink socket in the node namespace")
+}
+
+/// Everything Ferrite leaves in the node's namespace: `fe*` links and routes with its
+/// protocol.
+fn ferrite_leftovers(node: &Netns) -> (Vec<String>, String) {
+    let links: Vec<String> = node
+        .ip(&["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| name.starts_with("fe"))
+        .collect();
+    let routes = node.ip(&["route", "show", "proto", &POD_ROUTE_PROTOCOL.to_string()]);
+    (links, routes)
+}
+
+fn assert_node_clean(node: &Netns) {
+    let (links, routes) = ferrite_leftovers(node);
+    assert!(links.is_empty(), "Ferrite links left behind: {links:?}");
+    assert!(
+        routes.trim().is_empty(),
+        "Ferrite routes left behind: {routes}"
+    );
+}
+
+#[tokio::test]
+async fn three_pods_reach_each_other_and_the_node_without_nat() {
+    let node = node("three");
+    let host = node_handle(&node);
+    let pods: Vec<Netns> = (1..=3)
+        .map(|i| Netns::new("three", &format!("pod{i}")))
+        .collect();
+    let mut attached: Vec<Attached> = Vec::new();
+    for (i, ns) in (1u8..).zip(&pods) {
+        let a = attach(&host, ns.fd(), &pod_interface(i))
+            .await
+            .unwrap_or_else(|e| panic!("attach pod {i}: {e}"));
+        assert_eq!(
+            a.host_ifname,
+            host_ifname(&pod_interface(i).container_id, "eth0")
+        );
+        attached.push(a);
+    }
+    for (i, ns) in (1u8..).zip(&pods) {
+        check(&host, ns.fd(), &pod_interface(i))
+            .await
+            .unwrap_or_else(|e| panic!("check pod {i}: {e}"));
+    }
+
+    let mut expected: Vec<String> = attached.iter().map(|a| a.host_ifname.clone()).collect();
+    expected.sort();
+    assert_eq!(host_interfaces(&host).await.expect("list"), expected);
+
+    // What the kernel holds, seen with iproute2, matches what the CNI result will report.
+    let pod1 = &pods[0];
+    let link = pod1.ip(&["-o", "link", "show", "eth0"]);
+    let mac = attached[0].pod_mac.map(|b| format!("{b:02x}")).join(":");
+    assert!(link.contains(&mac) && link.contains("mtu 1400"), "{link}");
+    assert!(
+        link.starts_with(&format!("{}: eth0@", attached[0].pod_ifindex)),
+        "{link}"
+    );
+    let neigh = pod1.ip(&["neigh", "show", "169.254.1.1"]);
+    let host_mac = attached[0].host_mac.map(|b| format!("{b:02x}")).join(":");
+    assert!(
+        neigh.contains(&host_mac) && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+    assert!(
+        pod1.ip(&["route", "show", "default"])
+            .contains("via 169.254.1.1 dev eth0"),
+        "default route"
+    );
+    let host_route = node.ip(&["route", "show", &pod_ip(1).to_string()]);
+    assert!(
+        host_route.contains(&format!("dev {} ", attached[0].host_ifname))
+            && host_route.contains("proto 253")
+            && host_route.contains("scope link"),
+        "{host_route}"
+    );
+    // No proxy_arp: the permanent neighbour entry makes it unnecessary.
+    let proxy_arp = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.name, "sysctl", "-n"])
+        .arg(format!(
+            "net.ipv4.conf.{}.proxy_arp",
+            attached[0].host_ifname
+        ))
+        .output()
+        .expect("run sysctl");
+    assert_eq!(String::from_utf8_lossy(&proxy_arp.stdout).trim(), "0");
+
+    // Pod to pod through the node: the server sees the client pod's own address.
+    let peer = tcp_exchange(&pods[1], pod_ip(2), &pods[0]);
+    assert_eq!(
+        peer.ip(),
+        IpAddr::V4(pod_ip(1)),
+        "pod 2 saw pod 1 as {peer}"
+    );
+    let peer = tcp_exchange(&pods[0], pod_ip(1), &pods[2]);
+    assert_eq!(
+        peer.ip(),
+        IpAddr::V4(pod_ip(3)),
+        "pod 1 saw pod 3 as {peer}"
+    );
+    // Node to pod.
+    let peer = tcp_exchange(&pods[2], pod_ip(3), &node);
+    assert_eq!(
+        peer.ip(),
+        IpAddr::V4(NODE_IP),
+        "pod 3 saw the node as {peer}"
+    );
+    // Pod to node.
+    let peer = tcp_exchange(&node, NODE_IP, &pods[1]);
+    assert_eq!(
+        peer.ip(),
+        IpAddr::V4(pod_ip(2)),
+        "the node saw pod 2 as {peer}"
+    );
+}
+
+#[tokio::test]
+async fn check_says_precisely_what_differs() {
+    let node = node("check");
+    let host = node_handle(&node);
+    let pod = Netns::new("check", "pod");
+    let p = pod_interface(5);
+    let a = attach(&host, pod.fd(), &p).await.expect("attach");
+    check(&host, pod.fd(), &p)
+        .await
+        .expect("fresh pod checks out");
+
+    node.ip(&["route", "del", "10.244.0.5/32", "dev", &a.host_ifname]);
+    let err = check(&host, pod.fd(), &p).await.expect_err("route gone");
+    let text = err.to_string();
+    assert!(matches!(err, DatapathError::Check(_)), "{err:?}");
+    assert!(
+        text.contains(&format!(
+            "the node lacks the route 10.244.0.5/32 dev {} scope link proto 253 (it has none)",
+            a.host_ifname
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Delete the pod"), "{text}");
+
+    pod.ip(&[
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "lladdr",
+        "02:00:00:00:00:01",
+        "dev",
+        "eth0",
+    ]);
+    pod.ip(&["route", "del", "default"]);
+    let text = check(&host, pod.fd(), &p)
+        .await
+        .expect_err("changed")
+        .to_string();
+    assert!(
+        text.contains("the pod lacks the permanent neighbour entry 169.254.1.1"),
+        "{text}"
+    );
+    assert!(text.contains("it has lladdr 02:00:00:00:00:01"), "{text}");
+    assert!(
+        text.contains("the pod lacks the route default via 169.254.1.1 dev eth0"),
+        "{text}"
+    );
+
+    pod.ip(&["addr", "del", "10.244.0.5/32", "dev", "eth0"]);
+    pod.ip(&["addr", "add", "10.244.0.99/32", "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "mtu", "1300"]);
+    let text = check(&host, pod.fd(), &p)
+        .await
+        .expect_err("changed")
+        .to_string();
+    println!("check reported: {text}");
+    assert!(
+        text.contains(
+            "eth0 in the pod should have exactly the IPv4 address 10.244.0.5/32 but has 10.244.0.99/32"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("the pod's interface eth0 has MTU 1300, not 1400"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the node lacks the route"),
+        "still reported: {text}"
+    );
+    // Removing a device's last address makes the kernel flush its routes and neighbours.
+    assert!(text.contains("the pod lacks the route default"), "{text}");
+
+    detach(&host, &a.host_ifname).await.expect("detach");
+    let text = check(&host, pod.fd(), &p)
+        .await
+        .expect_err("gone")
+        .to_string();
+    assert!(
+        text.contains(&format!(
+            "the node-side interface {} does not exist",
+            a.host_ifname
+        )) && text.contains("eth0 does not exist in the pod's namespace"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_retried_add_replaces_the_earlier_attempt() {
+    let node = node("retry");
+    let host = node_handle(&node);
+    let pod = Netns::new("retry", "pod");
+    let p = pod_interface(7);
+    let first = attach(&host, pod.fd(), &p).await.expect("first ADD");
+    let second = attach(&host, pod.fd(), &p).await.expect("retried ADD");
+    assert_eq!(first.host_ifname, second.host_ifname);
+    assert_eq!(first.host_mac, second.host_mac);
+    check(&host, pod.fd(), &p).await.expect("check after retry");
+    assert_eq!(
+        host_interfaces(&host).await.expect("list"),
+        std::slice::from_ref(&second.host_ifname)
+    );
+
+    // A retry with another address (IPAM should not do that, but nothing stale may remain).
+    let moved = PodInterface {
+        address: pod_ip(8),
+        ..p.clone()
+    };
+    attach(&host, pod.fd(), &moved)
+        .await
+        .expect("ADD with a new address");
+    check(&host, pod.fd(), &moved)
+        .await
+        .expect("check the new address");
+    let routes = node.ip(&["route", "show", "proto", "253"]);
+    assert!(!routes.contains("10.244.0.7"), "stale route: {routes}");
+    assert_eq!(routes.lines().count(), 1, "{routes}");
+}
+
+#[tokio::test]
+async fn detach_is_idempotent_and_leaves_nothing_behind() {
+    let node = node("detach");
+    let host = node_handle(&node);
+    let pods: Vec<Netns> = (1..=2)
+        .map(|i| Netns::new("detach", &format!("pod{i}")))
+        .collect();
+    let mut names = Vec::new();
+    for (i, ns) in (1u8..).zip(&pods) {
+        names.push(
+            attach(&host, ns.fd(), &pod_interface(i))
+                .await
+                .expect("attach")
+                .host_ifname,
+        );
+    }
+    for name in &names {
+        assert!(
+            detach(&host, name).await.expect("first DEL"),
+            "{name} existed"
+        );
+        assert!(
+            !detach(&host, name).await.expect("second DEL"),
+            "{name} is gone"
+        );
+    }
+    assert_node_clean(&node);
+    assert!(host_interfaces(&host).await.expect("list").is_empty());
+    for ns in &pods {
+        let links = ns.ip(&["-o", "link", "show"]);
+        assert!(
+            !links.contains("eth0"),
+            "the pod side went with it: {links}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn detach_refuses_what_ferrite_did_not_make() {
+    let node = node("refuse");
+    let host = node_handle(&node);
+    let err = detach(&host, "lo").await.expect_err("not a Ferrite name");
+    assert!(matches!(err, DatapathError::Invalid(_)), "{err:?}");
+    // A non-veth with a Ferrite-shaped name (vxlan: no dummy module on this kernel).
+    node.ip(&[
+        "link",
+        "add",
+        "fe0123456789a",
+        "type",
+        "vxlan",
+        "id",
+        "9",
+        "dstport",
+        "4789",
+    ]);
+    let err = detach(&host, "fe0123456789a")
+        .await
+        .expect_err("not a veth");
+    assert!(err.to_string().contains("is not a veth"), "{err}");
+    assert!(
+        node.ip(&["link", "show", "fe0123456789a"])
+            .contains("fe0123456789a")
+    );
+    assert!(
+        host_interfaces(&host).await.expect("list").is_empty(),
+        "vxlan is not listed"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_that_already_has_the_interface_name_gets_nothing() {
+    let node = node("taken");
+    let host = node_handle(&node);
+    let pod = Netns::new("taken", "pod");
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
+    let err = attach(&host, pod.fd(), &pod_interface(3))
+        .await
+        .expect_err("eth0 is taken");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("create veth pair")
+            && text.contains("already has an interface named eth0"),
+        "{text}"
+    );
+    assert_node_clean(&node);
+    let links = pod.ip(&["-o", "link", "show", "eth0"]);
+    assert!(
+        links.contains("other0"),
+        "the pod's own eth0 is untouched: {links}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_midway_removes_everything_made_so_far() {
+    let node = node("midway");
+    let host = node_handle(&node);
+    let pod = Netns::new("midway", "pod");
+    // The pod already has a default route, so adding ours fails after the veth exists.
+    pod.ip(&[
+        "link", "add", "other0", "type", "veth", "peer", "name", "other1",
+    ]);
+    pod.ip(&["link", "set", "other0", "up"]);
+    pod.ip(&["route", "add", "default", "dev", "other0"]);
+    let err = attach(&host, pod.fd(), &pod_interface(4))
+        .await
+        .expect_err("default route taken");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("add route default via 169.254.1.1 dev eth0 in the pod's namespace: ")
+            && err.errno() == Some(17),
+        "{text} / {err:?}"
+    );
+    assert_node_clean(&node);
+    let links = pod.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("eth0"), "no half-made eth0: {links}");
+}
+
+#[tokio::test]
+async fn an_address_already_routed_on_the_node_is_refused_and_rolled_back() {
+    let node = node("dup");
+    let host = node_handle(&node);
+    let first = Netns::new("dup", "pod1");
+    let second = Netns::new("dup", "pod2");
+    let p1 = pod_interface(9);
+    attach(&host, first.fd(), &p1).await.expect("first pod");
+    let p2 = PodInterface {
+        container_id: "other".into(),
+        ..p1.clone()
+    };
+    let text = attach(&host, second.fd(), &p2)
+        .await
+        .expect_err("same address")
+        .to_string();
+    assert!(text.contains("another pod holds this address"), "{text}");
+    assert_eq!(
+        host_interfaces(&host).await.expect("list").len(),
+        1,
+        "the second veth was removed"
+    );
+    check(&host, first.fd(), &p1)
+        .await
+        .expect("the first pod is untouched");
+}
+
+#[tokio::test]
+async fn attach_latency_over_100_pods() {
+    let node = node("latency");
+    let host = node_handle(&node);
+    let pods: Vec<Netns> = (0..100)
+        .map(|i| Netns::new("latency", &format!("p{i}")))
+        .collect();
+    let mut took = Vec::new();
+    for (i, ns) in (10u8..).zip(&pods) {
+        let started = Instant::now();
+        attach(&host, ns.fd(), &pod_interface(i))
+            .await
+            .expect("attach");
+        took.push(started.elapsed());
+    }
+    let mut detach_took = Vec::new();
+    for i in (10u8..).take(pods.len()) {
+        let name = host_ifname(&pod_interface(i).container_id, "eth0");
+        let started = Instant::now();
+        assert!(detach(&host, &name).await.expect("detach"));
+        detach_took.push(started.elapsed());
+    }
+    let report = |what: &str, mut d: Vec<Duration>| {
+        d.sort();
+        let at = |q: usize| d[(d.len() * q / 100).min(d.len() - 1)];
+        println!(
+            "{what} over {} pods: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}, total {:?}",
+            d.len(),
+            at(50),
+            at(90),
+            at(99),
+            d[d.len() - 1],
+            d.iter().sum::<Duration>()
+        );
+        at(50)
+    };
+    let p50 = report("attach", took);
+    report("detach", detach_took);
+    assert!(p50 < Duration::from_millis(50), "attach p50 {p50:?}");
+    assert_node_clean(&node);
+}
+
+#[test]
+fn proc_sys_net_follows_the_calling_threads_namespace() {
+    // Set a per-namespace sysctl in a scratch namespace the ordinary way...
+    let ns = Netns::new("sysctl", "x");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_default_ttl=33",
+        ])
+        .status()
+        .expect("run sysctl");
+    assert!(out.success());
+    let ours = std::fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl").expect("read");
+    assert_ne!(ours.trim(), "33", "the test's own namespace differs");
+    // ...then read it, and only then write it, from a thread that entered the namespace while
+    // the process's other threads (and its /proc mount) stay where they are.
+    let seen = netns::run_in(ns.fd(), || {
+        let seen = std::fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl").expect("read");
+        if seen.trim() == "33" {
+            std::fs::write("/proc/sys/net/ipv4/ip_default_ttl", "44").expect("write");
+        }
+        seen
+    })
+    .expect("enter");
+    assert_eq!(
+        seen.trim(),
+        "33",
+        "a setns'd thread sees its namespace's sysctls"
+    );
+    let after = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-n",
+            "net.ipv4.ip_default_ttl",
+        ])
+        .output()
+        .expect("run sysctl");
+    assert_eq!(
+        String::from_utf8_lossy(&after.stdout).trim(),
+        "44",
+        "the write landed there"
+    );
+    let ours_after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl").expect("read");
+    assert_eq!(ours, ours_after, "and not here");
+}
