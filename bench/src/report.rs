@@ -437,7 +437,17 @@ fn latency_section(out: &mut String, section: &Section<LatencyReport>) {
     );
     out.push_str("### Goals\n\n");
     goals_table(out, &l.goals());
-    out.push('\n');
+    let budget = l.reference_add.p50.mul_f64(GOAL_ADD_P50);
+    let _ = writeln!(
+        out,
+        "\nThe ADD p50 goal allows Ferrite {} in this run ({GOAL_ADD_P50}× the reference's {}); \
+         the plugin's exec floor alone takes {} of it, leaving {} for the round trip to the \
+         agent and the agent's work.\n",
+        ms(budget),
+        ms(l.reference_add.p50),
+        ms(l.ferrite_version.p50),
+        ms(budget.saturating_sub(l.ferrite_version.p50)),
+    );
 }
 
 fn errors(list: &[String]) -> String {
@@ -744,6 +754,10 @@ mod tests {
             md.contains(
                 "| ADD p50 / agent's own time per ADD (mean) | 1.00 ms / 0.60 ms | 8.00 ms / — |"
             ),
+            "{md}"
+        );
+        assert!(
+            md.contains("allows Ferrite 1.60 ms in this run (0.2× the reference's 8.00 ms); the plugin's exec floor alone takes 1.00 ms of it, leaving 0.60 ms"),
             "{md}"
         );
         // An error message cannot break the table.
