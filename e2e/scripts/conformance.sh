@@ -16,7 +16,8 @@ for suite in $SUITES; do
     network-conformance) focus='\[sig-network\].*\[Conformance\]' skip="$ALWAYS_SKIP" ;;
     services)            focus='\[sig-network\] Services' skip="$ALWAYS_SKIP|\[Slow\]|\[Feature:" ;;
     netpol)              focus='\[sig-network\] Netpol' skip="$ALWAYS_SKIP" ;;
-    *) die "unknown suite $suite (network-conformance, services, netpol)" ;;
+    granular)            focus='\[sig-network\] Networking Granular Checks: Pods' skip="$ALWAYS_SKIP" ;;
+    *) die "unknown suite $suite (network-conformance, services, netpol, granular)" ;;
   esac
   mkdir -p "$OUT/$suite"; rm -f "$OUT/$suite"/*.xml
   log "$suite: focus $focus, $PROCS parallel"

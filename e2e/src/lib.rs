@@ -415,7 +415,10 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> 
     let path = netns_path(name);
     let ns = ferrite_agent::netns::open(&path)
         .with_context(|| format!("{} is missing: is the cluster up?", path.display()))?;
-    Ok(ferrite_agent::netns::run_in(std::os::fd::AsFd::as_fd(&ns), f)?)
+    Ok(ferrite_agent::netns::run_in(
+        std::os::fd::AsFd::as_fd(&ns),
+        f,
+    )?)
 }
 
 /// A plain HTTP/1.0 GET (no TLS, no redirects) with a 5 s timeout, returning the body.
@@ -432,7 +435,10 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
         .split_once("\r\n\r\n")
         .with_context(|| format!("no HTTP reply from {addr}{path}: {reply:?}"))?;
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {addr}{path}: {}", head.lines().next().unwrap_or_default());
+        bail!(
+            "GET {addr}{path}: {}",
+            head.lines().next().unwrap_or_default()
+        );
     }
     Ok(body.to_owned())
 }

@@ -60,10 +60,20 @@ async fn switching_the_routing_mode_keeps_pods_connected() -> Result<()> {
         .as_str()
         .unwrap_or("VXLAN")
         .to_owned();
-    let other = if original == "Native" { "VXLAN" } else { "Native" };
+    let other = if original == "Native" {
+        "VXLAN"
+    } else {
+        "Native"
+    };
 
-    for (mode, vxlan) in [(other, other == "VXLAN"), (original.as_str(), original == "VXLAN")] {
-        ensure!(probe(&ns, "a", &b).await, "a -> b fails before switching to {mode}");
+    for (mode, vxlan) in [
+        (other, other == "VXLAN"),
+        (original.as_str(), original == "VXLAN"),
+    ] {
+        ensure!(
+            probe(&ns, "a", &b).await,
+            "a -> b fails before switching to {mode}"
+        );
         set_mode(&cluster, mode).await?;
         // Probe continuously until every node has switched; count the failures.
         let start = Instant::now();
@@ -90,7 +100,10 @@ async fn switching_the_routing_mode_keeps_pods_connected() -> Result<()> {
         }
         // After the switch, connectivity must be back at once and stay.
         for _ in 0..5 {
-            ensure!(probe(&ns, "a", &b).await, "a -> b fails after switching to {mode}");
+            ensure!(
+                probe(&ns, "a", &b).await,
+                "a -> b fails after switching to {mode}"
+            );
         }
         eprintln!("switch to {mode}: {ok} probes ok, {failed} failed during the switch");
         ensure!(
@@ -130,7 +143,10 @@ async fn an_agent_restart_keeps_pods_connected_and_their_addresses() -> Result<(
         .delete("doomed", &DeleteParams::default().grace_period(0))
         .await?;
     for _ in 0..5 {
-        ensure!(probe(&ns, "a", &b).await, "a -> b failed while the agent restarted");
+        ensure!(
+            probe(&ns, "a", &b).await,
+            "a -> b failed while the agent restarted"
+        );
     }
     wait_for(
         "a new agent to be ready",
@@ -148,7 +164,10 @@ async fn an_agent_restart_keeps_pods_connected_and_their_addresses() -> Result<(
         },
     )
     .await?;
-    ensure!(probe(&ns, "a", &b).await, "a -> b fails after the agent restarted");
+    ensure!(
+        probe(&ns, "a", &b).await,
+        "a -> b fails after the agent restarted"
+    );
     let b_now = pod_ip(&ns.pods().get("b").await?)?;
     ensure!(b_now == b, "b's address changed from {b} to {b_now}");
     // The deleted pod's address was released, the running pod's kept.
@@ -157,7 +176,12 @@ async fn an_agent_restart_keeps_pods_connected_and_their_addresses() -> Result<(
         .await?
         .into_iter()
         .find(|n| n.metadata.name.as_deref() == Some(n2.as_str()))
-        .and_then(|n| n.status?.addresses?.into_iter().find(|a| a.type_ == "InternalIP"))
+        .and_then(|n| {
+            n.status?
+                .addresses?
+                .into_iter()
+                .find(|a| a.type_ == "InternalIP")
+        })
         .context("node address")?
         .address;
     let addr: SocketAddr = format!("{node_ip}:{AGENT_PORT}").parse()?;
@@ -167,7 +191,10 @@ async fn an_agent_restart_keeps_pods_connected_and_their_addresses() -> Result<(
         || async {
             let ipam: serde_json::Value = serde_json::from_str(&http_get(addr, "/ipam")?)?;
             let held = ipam["allocations"].as_object().context("allocations")?;
-            ensure!(held.contains_key(&b), "b's address {b} is no longer allocated");
+            ensure!(
+                held.contains_key(&b),
+                "b's address {b} is no longer allocated"
+            );
             ensure!(!held.contains_key(&doomed), "{doomed} still allocated");
             Ok(Some(()))
         },

@@ -88,7 +88,8 @@ async fn every_node_has_its_network_and_a_ready_agent() -> Result<()> {
             .into_iter()
             .find(|o| o.kind == "Node");
         ensure!(
-            owner.as_ref().map(|o| &o.name) == Some(name) && owner.map(|o| Some(o.uid)) == Some(node_uid),
+            owner.as_ref().map(|o| &o.name) == Some(name)
+                && owner.map(|o| Some(o.uid)) == Some(node_uid),
             "NodeNetwork {name} is not owned by Node {name}"
         );
         ensure!(
@@ -96,9 +97,16 @@ async fn every_node_has_its_network_and_a_ready_agent() -> Result<()> {
             "NodeNetwork {name}: nodeIP {} but the Node's InternalIP is {ip}",
             nn.spec.node_ip.0
         );
-        ensure!(!nn.spec.blocks.is_empty(), "NodeNetwork {name} has no blocks");
+        ensure!(
+            !nn.spec.blocks.is_empty(),
+            "NodeNetwork {name} has no blocks"
+        );
         for b in &nn.spec.blocks {
-            ensure!(seen_blocks.insert(b.0.clone()), "block {} handed out twice", b.0);
+            ensure!(
+                seen_blocks.insert(b.0.clone()),
+                "block {} handed out twice",
+                b.0
+            );
         }
         let agent = nn.status.and_then(|s| s.agent).unwrap_or_default();
         ensure!(agent.ready, "the agent on {name} has not reported ready");
@@ -110,14 +118,18 @@ async fn every_node_has_its_network_and_a_ready_agent() -> Result<()> {
 
 #[tokio::test]
 #[ignore = "needs the local cluster: `make up`, then `make e2e`"]
-async fn pods_get_addresses_from_their_nodes_blocks_and_nodes_reach_them_without_nat()
--> Result<()> {
+async fn pods_get_addresses_from_their_nodes_blocks_and_nodes_reach_them_without_nat() -> Result<()>
+{
     let cluster = Cluster::connect().await?;
     let ns = TestNamespace::create(&cluster, "blocks").await?;
     let blocks = node_blocks(&cluster).await?;
     let ips = node_ips(&cluster).await?;
     for (node, node_ip) in &ips {
-        let pod = ns.pod(&format!("web-{node}")).on_node(node).create().await?;
+        let pod = ns
+            .pod(&format!("web-{node}"))
+            .on_node(node)
+            .create()
+            .await?;
         let ip: IpAddr = pod_ip(&pod)?.parse()?;
         let own = blocks.get(node).cloned().unwrap_or_default();
         ensure!(
@@ -188,6 +200,13 @@ async fn a_hundred_pods_get_a_hundred_distinct_addresses_and_give_them_back() ->
             "metadata": {"name": format!("p{i}"), "labels": {"app": "hundred"}},
             "spec": {
                 "terminationGracePeriodSeconds": 0,
+                // Spread over the nodes: a node has one /26 block (62 addresses) until the
+                // operator adds blocks when one runs full (issue 5).
+                "topologySpreadConstraints": [{
+                    "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": {"app": "hundred"}}
+                }],
                 "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10.1",
                                 "imagePullPolicy": "Never",
                                 "resources": {"requests": {"cpu": "1m", "memory": "4Mi"}}}]
@@ -199,7 +218,9 @@ async fn a_hundred_pods_get_a_hundred_distinct_addresses_and_give_them_back() ->
         "100 pods to be Running with an address",
         Duration::from_secs(600),
         || async {
-            let pods = api.list(&ListParams::default().labels("app=hundred")).await?;
+            let pods = api
+                .list(&ListParams::default().labels("app=hundred"))
+                .await?;
             let running: Vec<String> = pods
                 .items
                 .iter()
@@ -227,7 +248,10 @@ async fn a_hundred_pods_get_a_hundred_distinct_addresses_and_give_them_back() ->
     )
     .await?;
     // Every address comes back (containerd calls DEL twice; the second is a no-op).
-    let ours: BTreeSet<IpAddr> = addresses.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let ours: BTreeSet<IpAddr> = addresses
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
     wait_for(
         "the agents to release the 100 addresses",
         Duration::from_secs(300),

@@ -23,8 +23,8 @@ use crate::config::{self, NodeConfig};
 use crate::datapath::{node, pod};
 use crate::ipam::{Allocator, FileStore, IpamError, Owner};
 use crate::metrics::{CommandLabels, ErrorLabels, Health, Metrics, ReconcileLabels};
-use crate::routing::{self, POD_GATEWAY};
 use crate::nat;
+use crate::routing::{self, POD_GATEWAY};
 
 /// The agent's shared state.
 pub struct Agent {
@@ -165,13 +165,18 @@ impl Agent {
             (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
             _ => None,
         };
-        let ip = self.ipam().allocate(&owner, pod_name).map_err(|e| match e {
-            IpamError::Exhausted { .. } => cni_error(ErrorCode::AddressesExhausted, e.to_string()),
-            IpamError::NoBlocks => cni_error(ErrorCode::TryAgainLater, e.to_string()),
-            IpamError::Store(ref s) => {
-                cni_error(ErrorCode::Io, e.to_string()).details(s.to_string())
-            }
-        })?;
+        let ip = self
+            .ipam()
+            .allocate(&owner, pod_name)
+            .map_err(|e| match e {
+                IpamError::Exhausted { .. } => {
+                    cni_error(ErrorCode::AddressesExhausted, e.to_string())
+                }
+                IpamError::NoBlocks => cni_error(ErrorCode::TryAgainLater, e.to_string()),
+                IpamError::Store(ref s) => {
+                    cni_error(ErrorCode::Io, e.to_string()).details(s.to_string())
+                }
+            })?;
         let IpAddr::V4(v4) = ip else {
             self.release_quietly(&owner);
             return Err(cni_error(
@@ -241,7 +246,10 @@ impl Agent {
             }
         }
         let IpAddr::V4(v4) = ip else {
-            return Err(cni_error(ErrorCode::InvalidConfig, "IPv6 is not supported yet"));
+            return Err(cni_error(
+                ErrorCode::InvalidConfig,
+                "IPv6 is not supported yet",
+            ));
         };
         let netns = netns.ok_or_else(|| {
             cni_error(
@@ -286,7 +294,9 @@ impl Agent {
                 ifname: a.ifname.clone(),
             })
             .collect();
-        self.collect(&valid).await.map_err(|e| cni_error(ErrorCode::Datapath, e))
+        self.collect(&valid)
+            .await
+            .map_err(|e| cni_error(ErrorCode::Datapath, e))
     }
 
     /// Releases allocations not in `valid` and deletes host interfaces of attachments that no
@@ -306,12 +316,18 @@ impl Agent {
             .map_err(|e| e.to_string())?
         {
             if !keep.contains(&name) {
-                pod::detach(&self.host, &name).await.map_err(|e| e.to_string())?;
+                pod::detach(&self.host, &name)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 removed += 1;
             }
         }
         if !released.is_empty() || removed > 0 {
-            tracing::info!(released = released.len(), interfaces_removed = removed, "garbage-collected attachments");
+            tracing::info!(
+                released = released.len(),
+                interfaces_removed = removed,
+                "garbage-collected attachments"
+            );
         }
         Ok(())
     }
@@ -414,8 +430,9 @@ fn enable_forwarding() -> Result<(), String> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
     match std::fs::read_to_string(PATH) {
         Ok(v) if v.trim() == "1" => Ok(()),
-        _ => std::fs::write(PATH, "1")
-            .map_err(|e| format!("enabling IPv4 forwarding ({PATH}): {e}; the agent must run privileged")),
+        _ => std::fs::write(PATH, "1").map_err(|e| {
+            format!("enabling IPv4 forwarding ({PATH}): {e}; the agent must run privileged")
+        }),
     }
 }
 
@@ -509,15 +526,26 @@ pub async fn replay_spool(agent: &Agent, dir: &std::path::Path) {
     };
     for (path, reason) in pending.corrupt {
         match ferrite_cni::spool::quarantine(&path) {
-            Ok(to) => tracing::warn!("queued DEL {} is unreadable ({reason}): moved to {}", path.display(), to.display()),
-            Err(e) => tracing::warn!("queued DEL {} is unreadable ({reason}) and cannot be moved aside: {e}", path.display()),
+            Ok(to) => tracing::warn!(
+                "queued DEL {} is unreadable ({reason}): moved to {}",
+                path.display(),
+                to.display()
+            ),
+            Err(e) => tracing::warn!(
+                "queued DEL {} is unreadable ({reason}) and cannot be moved aside: {e}",
+                path.display()
+            ),
         }
     }
     for (path, mut request) in pending.requests {
         request.replayed = true;
         match agent.handle(request, None).await {
             Response::Error(e) => {
-                tracing::warn!("replaying queued DEL {}: {} (kept for the next start)", path.display(), e.msg);
+                tracing::warn!(
+                    "replaying queued DEL {}: {} (kept for the next start)",
+                    path.display(),
+                    e.msg
+                );
             }
             _ => {
                 if let Err(e) = ferrite_cni::spool::done(&path) {

@@ -193,11 +193,18 @@ pub fn from_cluster(
             .net()
             .map_err(|e| invalid(format!("spec.blocks: {e}")))?;
         // The pool a block came from: the one whose range contains it (named in IPAM errors).
-        let pool = pools
-            .iter()
-            .find(|p| pool_nets.get(&p.name_any()).is_some_and(|n| n.contains(&net)));
+        let pool = pools.iter().find(|p| {
+            pool_nets
+                .get(&p.name_any())
+                .is_some_and(|n| n.contains(&net))
+        });
         if let Some(pool) = pool {
-            reserved.extend(pool.spec.reserved_ranges.iter().filter_map(|r| r.net().ok()));
+            reserved.extend(
+                pool.spec
+                    .reserved_ranges
+                    .iter()
+                    .filter_map(|r| r.net().ok()),
+            );
         }
         blocks.push(Block {
             cidr: net,
@@ -215,7 +222,11 @@ pub fn from_cluster(
             continue;
         }
         let parsed = (|| -> Result<PeerConfig, String> {
-            let node_ip = nn.spec.node_ip.ip().map_err(|e| format!("spec.nodeIP: {e}"))?;
+            let node_ip = nn
+                .spec
+                .node_ip
+                .ip()
+                .map_err(|e| format!("spec.nodeIP: {e}"))?;
             let tunnel_endpoint = match &nn.spec.tunnel_endpoint {
                 Some(t) => Some(t.ip().map_err(|e| format!("spec.tunnelEndpoint: {e}"))?),
                 None => None,
@@ -269,7 +280,10 @@ pub fn from_cluster(
 /// traffic between pods and to Services is never NATed.
 pub fn egress(cluster: &ClusterNetwork, pools: &[IPPool]) -> Egress {
     let spec = &cluster.spec;
-    let mut exempt: Vec<IpNet> = pools.iter().filter_map(|p| p.spec.cidr.net().ok()).collect();
+    let mut exempt: Vec<IpNet> = pools
+        .iter()
+        .filter_map(|p| p.spec.cidr.net().ok())
+        .collect();
     exempt.extend(spec.service_cidr.net().ok());
     exempt.extend(
         spec.masquerade
@@ -331,8 +345,7 @@ mod tests {
             nn("node2", "172.30.0.12", &["10.244.2.0/26"]),
             nn("node1", "172.30.0.11", &["10.244.1.0/26"]),
         ];
-        let (cfg, warnings) =
-            from_cluster("node1", &nns, Some(&cluster("{}")), &pools).unwrap();
+        let (cfg, warnings) = from_cluster("node1", &nns, Some(&cluster("{}")), &pools).unwrap();
         assert!(warnings.is_empty());
         assert_eq!(cfg.node_ip.to_string(), "172.30.0.11");
         assert_eq!(
@@ -342,12 +355,18 @@ mod tests {
                 pool: "main".into()
             }]
         );
-        assert_eq!(cfg.reserved, vec!["10.244.1.0/28".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            cfg.reserved,
+            vec!["10.244.1.0/28".parse::<IpNet>().unwrap()]
+        );
         // VXLAN is the default mode, with the CRD's default port and VNI.
         assert_eq!(cfg.routing, Routing::Vxlan { vni: 1, port: 8472 });
         assert_eq!(cfg.peers.len(), 1);
         assert_eq!(cfg.peers[0].name, "node2");
-        assert_eq!(cfg.peers[0].blocks, vec!["10.244.2.0/26".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            cfg.peers[0].blocks,
+            vec!["10.244.2.0/26".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]
@@ -366,9 +385,13 @@ mod tests {
             nn("node1", "172.30.0.11", &["10.244.1.0/26"]),
             nn("node3", "not-an-ip", &[]),
         ];
-        let (cfg, warnings) =
-            from_cluster("node1", &nns, Some(&cluster(r#"{"routingMode":"Native"}"#)), &[])
-                .unwrap();
+        let (cfg, warnings) = from_cluster(
+            "node1",
+            &nns,
+            Some(&cluster(r#"{"routingMode":"Native"}"#)),
+            &[],
+        )
+        .unwrap();
         assert!(cfg.peers.is_empty());
         assert_eq!(cfg.routing, Routing::Native);
         assert_eq!(warnings.len(), 1);
@@ -389,7 +412,12 @@ mod tests {
         assert_eq!(e.sources, nets(&["10.244.0.0/16"]));
         assert_eq!(
             e.exempt,
-            nets(&["10.96.0.0/12", "10.244.0.0/16", "10.250.0.0/16", "192.168.0.0/16"])
+            nets(&[
+                "10.96.0.0/12",
+                "10.244.0.0/16",
+                "10.250.0.0/16",
+                "192.168.0.0/16"
+            ])
         );
         let off = cluster(r#"{"masquerade":{"enabled":false}}"#);
         assert!(egress(&off, &pools).sources.is_empty());

@@ -106,7 +106,11 @@ mod tests {
 
     #[test]
     fn conflist_is_what_the_plugin_parses() {
-        let v = conflist(Path::new("/run/ferrite/cni.sock"), Path::new("/var/spool"), true);
+        let v = conflist(
+            Path::new("/run/ferrite/cni.sock"),
+            Path::new("/var/spool"),
+            true,
+        );
         assert_eq!(v["name"], "ferrite");
         assert_eq!(v["plugins"][1]["type"], "portmap");
         // The plugin receives each entry merged with the list's name and version.
@@ -137,7 +141,11 @@ mod tests {
         )
         .unwrap();
         let v: Value = serde_json::from_slice(&std::fs::read(conf).unwrap()).unwrap();
-        assert_eq!(v["plugins"].as_array().unwrap().len(), 1, "no portmap in bin");
+        assert_eq!(
+            v["plugins"].as_array().unwrap().len(),
+            1,
+            "no portmap in bin"
+        );
         let names: Vec<_> = std::fs::read_dir(&bin)
             .unwrap()
             .map(|e| e.unwrap().file_name())

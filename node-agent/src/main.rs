@@ -147,7 +147,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if let Some(c) = rx.borrow_and_update().clone() {
             break c;
         }
-        rx.changed().await.context("the configuration source ended")?;
+        rx.changed()
+            .await
+            .context("the configuration source ended")?;
     };
     let mut backoff = Duration::from_millis(200);
     while let Err(e) = agent.reconcile(&config).await {
@@ -168,7 +170,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = &args.cni_conf_dir {
         let path = install::install_conflist(
             dir,
-            args.cni_bin_dir.as_deref().unwrap_or(Path::new("/opt/cni/bin")),
+            args.cni_bin_dir
+                .as_deref()
+                .unwrap_or(Path::new("/opt/cni/bin")),
             &args.socket,
             &args.spool_dir,
         )?;

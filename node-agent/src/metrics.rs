@@ -155,7 +155,10 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>, ipam: IpamView) -> Rou
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/ipam", get(|State(s): State<AppState>| async move { axum::Json((s.ipam)()) }))
+        .route(
+            "/ipam",
+            get(|State(s): State<AppState>| async move { axum::Json((s.ipam)()) }),
+        )
         .with_state(AppState {
             metrics,
             health,
@@ -218,7 +221,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"ferrite_agent_cni_errors_total{command="ADD",kind="ipam_exhausted"} 1"#),
+            text.contains(
+                r#"ferrite_agent_cni_errors_total{command="ADD",kind="ipam_exhausted"} 1"#
+            ),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");

@@ -4,7 +4,12 @@
 //!
 //! Needs root (namespaces, veths, nftables) and the plugin binary next to the agent's (`cargo
 //! test --workspace` builds both). Nothing here touches the host's own network namespace.
-#![expect(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -80,7 +85,12 @@ impl Drop for Ns {
 
 /// A short unique link name (≤ 15 characters).
 fn link_name(tag: &str) -> String {
-    format!("fs{}{}{}", std::process::id() % 100_000, tag, SEQ.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "fs{}{}{}",
+        std::process::id() % 100_000,
+        tag,
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Joins `a` and `b` with a veth pair: `a_ip`/24 in `a`, `b_ip`/24 in `b`.
@@ -90,7 +100,16 @@ fn wire(a: &Ns, a_ip: &str, b: &Ns, b_ip: &str) {
         "ip", "link", "add", &la, "netns", &a.0, "type", "veth", "peer", "name", &lb, "netns", &b.0,
     ]);
     for (ns, l, ip) in [(a, &la, a_ip), (b, &lb, b_ip)] {
-        sh(&["ip", "-n", &ns.0, "addr", "add", &format!("{ip}/24"), "dev", l]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            l,
+        ]);
         sh(&["ip", "-n", &ns.0, "link", "set", l, "up"]);
     }
 }
@@ -152,7 +171,9 @@ impl Agent {
     fn get(&self, node: &Ns, path: &str) -> Option<String> {
         let path = path.to_owned();
         node.run(move || {
-            let mut s = TcpStream::connect_timeout(&HEALTH.parse().unwrap(), Duration::from_secs(1)).ok()?;
+            let mut s =
+                TcpStream::connect_timeout(&HEALTH.parse().unwrap(), Duration::from_secs(1))
+                    .ok()?;
             write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
             let mut r = String::new();
             s.read_to_string(&mut r).ok()?;
@@ -166,7 +187,11 @@ impl Agent {
         let start = Instant::now();
         while self.get(node, "/readyz").is_none() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("the agent in {} exited ({status}); its log:\n{}", self.node, self.log());
+                panic!(
+                    "the agent in {} exited ({status}); its log:\n{}",
+                    self.node,
+                    self.log()
+                );
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -181,7 +206,12 @@ impl Agent {
     fn allocations(&self, node: &Ns) -> Vec<String> {
         let body = self.get(node, "/ipam").expect("/ipam");
         let v: Value = serde_json::from_str(&body).unwrap();
-        v["allocations"].as_object().unwrap().keys().cloned().collect()
+        v["allocations"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     fn reconfigure(&self, config: &Value) {
@@ -194,7 +224,9 @@ impl Agent {
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // `ip netns exec` execs the agent: the child's pid is the agent's.
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while child.try_wait().unwrap().is_none() {
                 assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
@@ -226,7 +258,10 @@ fn cni(command: &str, socket: &Path, spool: &Path, container: &str, netns: &str)
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/nonexistent")
-        .env("CNI_ARGS", "K8S_POD_NAMESPACE=test;K8S_POD_NAME=".to_owned() + container)
+        .env(
+            "CNI_ARGS",
+            "K8S_POD_NAMESPACE=test;K8S_POD_NAME=".to_owned() + container,
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -249,7 +284,13 @@ fn cni(command: &str, socket: &Path, spool: &Path, container: &str, netns: &str)
 
 /// ADD `pod` on `agent`; returns its address.
 fn add(agent: &Agent, pod: &Ns) -> IpAddr {
-    let (ok, out) = cni("ADD", &agent.socket(), &agent.spool(), &pod.0, &pod.path().to_string_lossy());
+    let (ok, out) = cni(
+        "ADD",
+        &agent.socket(),
+        &agent.spool(),
+        &pod.0,
+        &pod.path().to_string_lossy(),
+    );
     assert!(ok, "ADD {}: {out}\nagent log:\n{}", pod.0, agent.log());
     let addr = out["ips"][0]["address"].as_str().unwrap();
     addr.split('/').next().unwrap().parse().unwrap()
@@ -264,11 +305,12 @@ fn del(agent: &Agent, container: &str, netns: &str) {
 /// address the server saw.
 fn tcp_peer(client: &Ns, server: &Ns, server_ip: IpAddr, port: u16) -> Result<IpAddr, String> {
     let addr = SocketAddr::new(server_ip, port);
-    let listener = server.run(move || TcpListener::bind(addr)).map_err(|e| e.to_string())?;
+    let listener = server
+        .run(move || TcpListener::bind(addr))
+        .map_err(|e| e.to_string())?;
     let accept = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer.ip()));
-    let connected = client.run(move || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map(|_| ())
-    });
+    let connected =
+        client.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map(|_| ()));
     if let Err(e) = connected {
         // Unblock the acceptor.
         let _ = server.run(move || TcpStream::connect(addr));
@@ -306,8 +348,24 @@ fn two_nodes_native_then_vxlan_restart_and_cleanup() {
     let native = json!({"mode": "Native"});
     let vxlan = json!({"mode": "VXLAN", "vni": 7, "port": 8472});
     let none = json!({"sources": [], "exempt": []});
-    let c1 = |r: &Value| config("192.168.91.1", "10.211.1.0/26", r.clone(), peer("n2", "192.168.91.2", "10.211.2.0/26"), none.clone());
-    let c2 = |r: &Value| config("192.168.91.2", "10.211.2.0/26", r.clone(), peer("n1", "192.168.91.1", "10.211.1.0/26"), none.clone());
+    let c1 = |r: &Value| {
+        config(
+            "192.168.91.1",
+            "10.211.1.0/26",
+            r.clone(),
+            peer("n2", "192.168.91.2", "10.211.2.0/26"),
+            none.clone(),
+        )
+    };
+    let c2 = |r: &Value| {
+        config(
+            "192.168.91.2",
+            "10.211.2.0/26",
+            r.clone(),
+            peer("n1", "192.168.91.1", "10.211.1.0/26"),
+            none.clone(),
+        )
+    };
     let mut a1 = Agent::start(&n1, &tmp.path().join("n1"), &c1(&native));
     let mut a2 = Agent::start(&n2, &tmp.path().join("n2"), &c2(&native));
     a1.wait_ready(&n1);
@@ -321,7 +379,13 @@ fn two_nodes_native_then_vxlan_restart_and_cleanup() {
     assert!(ip1.to_string().starts_with("10.211.1.") && ip2.to_string().starts_with("10.211.2."));
     // A retried ADD of the same attachment gets the same address.
     assert_eq!(add(&a1, &p1), ip1);
-    let (ok, out) = cni("CHECK", &a1.socket(), &a1.spool(), &p1.0, &p1.path().to_string_lossy());
+    let (ok, out) = cni(
+        "CHECK",
+        &a1.socket(),
+        &a1.spool(),
+        &p1.0,
+        &p1.path().to_string_lossy(),
+    );
     assert!(ok, "CHECK: {out}");
 
     // Native: across nodes and on one node, the server sees the client's pod address.
@@ -329,18 +393,28 @@ fn two_nodes_native_then_vxlan_restart_and_cleanup() {
     assert_eq!(tcp_peer(&p2, &p1, ip1, 5002), Ok(ip2));
     assert_eq!(tcp_peer(&p1, &p3, ip3, 5003), Ok(ip1));
     // The node reaches its pods (from its own address).
-    assert_eq!(tcp_peer(&n1, &p1, ip1, 5004), Ok("192.168.91.1".parse().unwrap()));
+    assert_eq!(
+        tcp_peer(&n1, &p1, ip1, 5004),
+        Ok("192.168.91.1".parse().unwrap())
+    );
 
     // Switch to VXLAN: the agents see the new configuration and re-program.
     a1.reconfigure(&c1(&vxlan));
     a2.reconfigure(&c2(&vxlan));
     let start = Instant::now();
     while !(links(&n1).contains("ferrite.vxlan") && links(&n2).contains("ferrite.vxlan")) {
-        assert!(start.elapsed() < Duration::from_secs(10), "no vxlan device after 10 s:\n{}", a1.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no vxlan device after 10 s:\n{}",
+            a1.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let details = sh_out(&["ip", "-n", &n1.0, "-d", "link", "show", "ferrite.vxlan"]);
-    assert!(details.contains("vxlan id 7") && details.contains("dstport 8472"), "{details}");
+    assert!(
+        details.contains("vxlan id 7") && details.contains("dstport 8472"),
+        "{details}"
+    );
     let mut connected = false;
     for _ in 0..40 {
         if tcp_peer(&p1, &p2, ip2, 5005) == Ok(ip1) {
@@ -365,8 +439,15 @@ fn two_nodes_native_then_vxlan_restart_and_cleanup() {
     // Same addresses after the restart; the queued DEL was applied; the pod still works.
     let held = a2.allocations(&n2);
     assert!(held.contains(&ip2.to_string()), "{held:?}");
-    assert!(!held.contains(&ip4.to_string()), "queued DEL not replayed: {held:?}");
-    assert_eq!(std::fs::read_dir(a2.spool()).unwrap().count(), 0, "spool not emptied");
+    assert!(
+        !held.contains(&ip4.to_string()),
+        "queued DEL not replayed: {held:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(a2.spool()).unwrap().count(),
+        0,
+        "spool not emptied"
+    );
     assert_eq!(add(&a2, &p2), ip2);
     assert_eq!(tcp_peer(&p1, &p2, ip2, 5007), Ok(ip1));
 
@@ -381,7 +462,10 @@ fn two_nodes_native_then_vxlan_restart_and_cleanup() {
         let l = veths(n);
         assert!(!l.contains(": fe"), "host veths left behind:\n{l}");
         let routes = sh_out(&["ip", "-n", &n.0, "route", "show", "proto", &pod_proto]);
-        assert!(routes.trim().is_empty(), "pod routes left behind:\n{routes}");
+        assert!(
+            routes.trim().is_empty(),
+            "pod routes left behind:\n{routes}"
+        );
     }
 
     // Uninstall: `ferrite-agent cleanup` removes the tunnel, the routes and the nft table.
@@ -403,7 +487,13 @@ fn egress_leaves_from_the_node_address_and_pod_traffic_is_not_natted() {
     let mut agent = Agent::start(
         &node,
         &tmp.path().join("n"),
-        &config("198.51.100.1", "10.212.1.0/26", json!({"mode": "Native"}), json!([]), egress),
+        &config(
+            "198.51.100.1",
+            "10.212.1.0/26",
+            json!({"mode": "Native"}),
+            json!([]),
+            egress,
+        ),
     );
     agent.wait_ready(&node);
     let (p1, p2) = (Ns::new("p"), Ns::new("p"));
@@ -414,7 +504,9 @@ fn egress_leaves_from_the_node_address_and_pod_traffic_is_not_natted() {
         Ok("198.51.100.1".parse().unwrap())
     );
     assert_eq!(tcp_peer(&p1, &p2, ip2, 6002), Ok(ip1));
-    let ruleset = sh_out(&["ip", "netns", "exec", &node.0, "nft", "list", "table", "ip", "ferrite"]);
+    let ruleset = sh_out(&[
+        "ip", "netns", "exec", &node.0, "nft", "list", "table", "ip", "ferrite",
+    ]);
     assert!(ruleset.contains("masquerade"), "{ruleset}");
 }
 
@@ -426,23 +518,53 @@ fn bad_requests_get_cni_errors_and_leave_nothing_behind() {
     let mut agent = Agent::start(
         &node,
         &tmp.path().join("n"),
-        &config("192.168.92.1", "10.213.1.0/29", json!({"mode": "Native"}), json!([]), json!({"sources": [], "exempt": []})),
+        &config(
+            "192.168.92.1",
+            "10.213.1.0/29",
+            json!({"mode": "Native"}),
+            json!([]),
+            json!({"sources": [], "exempt": []}),
+        ),
     );
     agent.wait_ready(&node);
 
-    let (ok, out) = cni("ADD", &agent.socket(), &agent.spool(), "c-missing", "/run/netns/does-not-exist");
+    let (ok, out) = cni(
+        "ADD",
+        &agent.socket(),
+        &agent.spool(),
+        "c-missing",
+        "/run/netns/does-not-exist",
+    );
     assert!(!ok);
     assert_eq!(out["code"], 4, "{out}");
-    assert!(out["msg"].as_str().unwrap().contains("does-not-exist"), "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("does-not-exist"),
+        "{out}"
+    );
 
     // A pod whose eth0 already exists: the attach fails at that step and is rolled back.
     let busy = Ns::new("p");
-    sh(&["ip", "-n", &busy.0, "link", "add", "eth0", "type", "veth", "peer", "name", "x0"]);
-    let (ok, out) = cni("ADD", &agent.socket(), &agent.spool(), &busy.0, &busy.path().to_string_lossy());
+    sh(&[
+        "ip", "-n", &busy.0, "link", "add", "eth0", "type", "veth", "peer", "name", "x0",
+    ]);
+    let (ok, out) = cni(
+        "ADD",
+        &agent.socket(),
+        &agent.spool(),
+        &busy.0,
+        &busy.path().to_string_lossy(),
+    );
     assert!(!ok);
     assert_eq!(out["code"], 101, "{out}");
-    assert!(agent.allocations(&node).is_empty(), "address not given back");
-    assert!(!veths(&node).contains(": fe"), "half-made veth left:\n{}", veths(&node));
+    assert!(
+        agent.allocations(&node).is_empty(),
+        "address not given back"
+    );
+    assert!(
+        !veths(&node).contains(": fe"),
+        "half-made veth left:\n{}",
+        veths(&node)
+    );
 
     // Exhaustion names the pool.
     let pods: Vec<Ns> = (0..6).map(|_| Ns::new("p")).collect();
@@ -450,7 +572,13 @@ fn bad_requests_get_cni_errors_and_leave_nothing_behind() {
         add(&agent, p);
     }
     let extra = Ns::new("p");
-    let (ok, out) = cni("ADD", &agent.socket(), &agent.spool(), &extra.0, &extra.path().to_string_lossy());
+    let (ok, out) = cni(
+        "ADD",
+        &agent.socket(),
+        &agent.spool(),
+        &extra.0,
+        &extra.path().to_string_lossy(),
+    );
     assert!(!ok);
     assert_eq!(out["code"], 100, "{out}");
     assert!(out["msg"].as_str().unwrap().contains("test-pool"), "{out}");
@@ -463,7 +591,13 @@ fn concurrent_adds_get_distinct_addresses() {
     let mut agent = Agent::start(
         &node,
         &tmp.path().join("n"),
-        &config("192.168.93.1", "10.214.0.0/24", json!({"mode": "Native"}), json!([]), json!({"sources": [], "exempt": []})),
+        &config(
+            "192.168.93.1",
+            "10.214.0.0/24",
+            json!({"mode": "Native"}),
+            json!([]),
+            json!({"sources": [], "exempt": []}),
+        ),
     );
     agent.wait_ready(&node);
     let pods: Vec<Ns> = (0..30).map(|_| Ns::new("p")).collect();
