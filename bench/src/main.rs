@@ -1,5 +1,285 @@
 //! `ferrite-bench`: side-by-side benchmarks (`make bench`), written to `docs/benchmarks.md`.
+//!
+//! 1. CNI ADD/DEL latency of the `ferrite` plugin (with a real `ferrite-agent`) against the
+//!    reference `bridge` + `host-local` plugins, and a burst of concurrent Ferrite ADDs.
+//! 2. Cross-node pod-to-pod TCP throughput with iperf3: raw veth, Ferrite Native, Ferrite VXLAN.
+//!
+//! Everything happens in network namespaces the run creates (`feb-<pid>-...`) and removes again
+//! — also on errors and on Ctrl-C. Needs root. The method notes are in [`report`], which
+//! renders the whole Markdown file.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("no benchmarks yet")
+mod agent;
+mod cni;
+mod iperf;
+mod latency;
+mod report;
+mod stats;
+mod sys;
+mod throughput;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+
+use crate::report::{Machine, Report};
+
+/// Ferrite's side-by-side benchmarks: CNI latency against the reference plugins, and
+/// pod-to-pod throughput against raw veth. Run as root; `make bench` builds what it needs.
+#[derive(Parser)]
+#[command(version = ferrite_agent::VERSION)]
+struct Args {
+    /// Also write the results as Markdown to this file (`make bench`: docs/benchmarks.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the release builds of `ferrite` and `ferrite-agent` are (default: the `release`
+    /// directory of the workspace's target directory, from `cargo metadata`).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where the reference plugins (`bridge`, `host-local`) are.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    reference_dir: PathBuf,
+    /// Counted ADD+DEL cycles per plugin.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(50..=1000))]
+    cycles: u16,
+    /// Uncounted cycles per plugin before them.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=100))]
+    warmup: u16,
+    /// Ferrite ADDs started at once.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=250))]
+    concurrent: u16,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=60))]
+    seconds: u32,
+    /// iperf3 runs per mode.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
+    repeats: u16,
+    /// Run one benchmark only.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+    /// Keep the scratch directory (agent logs and configurations) after the run.
+    #[arg(long)]
+    keep_scratch: bool,
+}
+
+/// One benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// CNI ADD/DEL latency and the concurrent ADDs.
+    Latency,
+    /// Pod-to-pod throughput.
+    Throughput,
+}
+
+/// The binaries under test.
+pub struct Binaries {
+    /// Their directory.
+    pub dir: PathBuf,
+    /// `ferrite-agent`.
+    pub agent: PathBuf,
+    /// `ferrite`, the plugin.
+    pub plugin: PathBuf,
+    /// The reference plugins' directory.
+    pub reference_dir: PathBuf,
+}
+
+/// A progress line.
+pub fn progress(msg: &str) {
+    println!("[ferrite-bench] {msg}");
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let run_latency = args.only != Some(Only::Throughput);
+    let run_throughput = args.only != Some(Only::Latency);
+    let bins = binaries(&args)?;
+    preflight(&bins, run_latency, run_throughput)?;
+    sys::catch_interrupts()?;
+    for left in sys::remove_leftovers()? {
+        progress(&format!(
+            "removed {left}, left by a benchmark run that was killed"
+        ));
+    }
+    let machine = machine();
+    let scratch = sys::ScratchDir::create(args.keep_scratch)?;
+
+    let latency = run_latency.then(|| {
+        latency::run(
+            &bins,
+            &scratch,
+            &latency::Settings {
+                cycles: usize::from(args.cycles),
+                warmup: usize::from(args.warmup),
+                concurrent: usize::from(args.concurrent),
+            },
+        )
+        .map_err(|e| format!("{e:#}"))
+    });
+    sys::check_interrupted()?;
+    let throughput = run_throughput.then(|| {
+        throughput::run(
+            &bins,
+            &scratch,
+            &throughput::Settings {
+                seconds: args.seconds,
+                repeats: usize::from(args.repeats),
+            },
+        )
+        .map_err(|e| format!("{e:#}"))
+    });
+    sys::check_interrupted()?;
+
+    let report = Report {
+        machine,
+        latency,
+        throughput,
+    };
+    print!("{}", report::summary(&report));
+    if let Some(out) = &args.out {
+        sys::write_atomic(out, report::markdown(&report).as_bytes())?;
+        progress(&format!("wrote {}", out.display()));
+    }
+    let mut failed = Vec::new();
+    if matches!(report.latency, Some(Err(_))) {
+        failed.push("latency");
+    }
+    if matches!(report.throughput, Some(Err(_))) {
+        failed.push("throughput");
+    }
+    if !failed.is_empty() {
+        bail!("benchmark failed: {} (see above)", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The binaries: `--bin-dir`, or `<target dir>/release` from `cargo metadata`.
+fn binaries(args: &Args) -> Result<Binaries> {
+    let dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => target_dir()?.join("release"),
+    };
+    let bins = Binaries {
+        agent: dir.join("ferrite-agent"),
+        plugin: dir.join("ferrite"),
+        dir,
+        reference_dir: args.reference_dir.clone(),
+    };
+    for b in [&bins.agent, &bins.plugin] {
+        if !b.is_file() {
+            bail!(
+                "{} does not exist: build it with `cargo build --release --locked -p ferrite-agent -p ferrite-cni` (`make bench` does), or point --bin-dir at it",
+                b.display()
+            );
+        }
+    }
+    Ok(bins)
+}
+
+/// The workspace's target directory.
+fn target_dir() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let out = sys::run(
+        Command::new(cargo)
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--manifest-path",
+            ])
+            .arg(&manifest),
+    )
+    .context("finding the target directory (or pass --bin-dir)")?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("cargo metadata's output")?;
+    v["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata names no target_directory")
+}
+
+/// Fails early, saying what is missing, before anything is created.
+fn preflight(bins: &Binaries, latency: bool, throughput: bool) -> Result<()> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    if euid != "0" {
+        bail!("ferrite-bench creates network namespaces and runs the agent: run it as root");
+    }
+    sys::run(Command::new("ip").arg("-V")).context("iproute2's `ip` is needed")?;
+    if latency {
+        for p in ["bridge", "host-local"] {
+            let path = bins.reference_dir.join(p);
+            if !path.is_file() {
+                bail!(
+                    "the reference plugin {} is missing (Debian: apt-get install containernetworking-plugins, or --reference-dir)",
+                    path.display()
+                );
+            }
+        }
+    }
+    if throughput {
+        sys::run(Command::new("iperf3").arg("--version"))
+            .context("iperf3 is needed for the throughput benchmark (e2e/scripts/install-deps.sh installs it)")?;
+    }
+    Ok(())
+}
+
+/// Facts about the machine and what is measured (best effort: "unknown" when unavailable).
+fn machine() -> Machine {
+    let cmd = |program: &str, args: &[&str]| -> String {
+        sys::run(Command::new(program).args(args))
+            .ok()
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ws = workspace.to_string_lossy().into_owned();
+    let mut commit = cmd("git", &["-C", &ws, "rev-parse", "--short", "HEAD"]);
+    let dirty = sys::run(Command::new("git").args([
+        "-C",
+        &ws,
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":!docs/benchmarks.md",
+    ]))
+    .is_ok_and(|s| !s.trim().is_empty());
+    if dirty {
+        commit.push_str(" (with uncommitted changes)");
+    }
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into());
+    let reference = cmd(
+        "dpkg-query",
+        &["-W", "-f", "${Version}", "containernetworking-plugins"],
+    );
+    Machine {
+        cpus: cmd("nproc", &[]),
+        kernel: cmd("uname", &["-r"]),
+        date: cmd("date", &["-u", "+%Y-%m-%d %H:%M"]),
+        cpu_model,
+        load,
+        commit,
+        reference_version: format!("containernetworking-plugins {reference}"),
+        iperf3_version: cmd("iperf3", &["--version"]),
+    }
 }
