@@ -397,17 +397,25 @@ impl Agent {
             }),
             config::Routing::Native => None,
         };
+        // New pods get the new mode's MTU from now on: a pod created during the switch with the
+        // smaller of the two is harmless, one with the larger would not fit the tunnel.
+        let previous_mtu = self
+            .pod_mtu
+            .swap(desired.pod_mtu, std::sync::atomic::Ordering::SeqCst);
+        if previous_mtu != 0 && previous_mtu != desired.pod_mtu {
+            tracing::info!(from = previous_mtu, to = desired.pod_mtu, routing = ?config.routing, "pod MTU changes with the routing mode");
+        }
         let report = node::apply(&self.host, &desired, tunnel.as_ref())
             .await
             .map_err(|e| e.to_string())?;
-        tracing::debug!(?report, "node routes reconciled");
+        if report.changes() > 0 {
+            tracing::info!(?report, routing = ?config.routing, "node routes and tunnel reconciled");
+        }
         let masquerade = masquerade(&config.egress);
         tokio::task::spawn_blocking(move || nat::apply(&masquerade))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        self.pod_mtu
-            .store(desired.pod_mtu, std::sync::atomic::Ordering::SeqCst);
         if config.blocks.is_empty() {
             return Err("no address blocks assigned to this node yet: ferrite-operator assigns them in its NodeNetwork".into());
         }
