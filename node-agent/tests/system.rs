@@ -282,15 +282,20 @@ fn cni(command: &str, socket: &Path, spool: &Path, container: &str, netns: &str)
     (out.status.success(), value)
 }
 
-/// ADD `pod` on `agent`; returns its address.
-fn add(agent: &Agent, pod: &Ns) -> IpAddr {
-    let (ok, out) = cni(
-        "ADD",
+/// Runs the plugin for `pod` (its namespace's name is the container ID) against `agent`.
+fn cni_pod(command: &str, agent: &Agent, pod: &Ns) -> (bool, Value) {
+    cni(
+        command,
         &agent.socket(),
         &agent.spool(),
         &pod.0,
         &pod.path().to_string_lossy(),
-    );
+    )
+}
+
+/// ADD `pod` on `agent`; returns its address.
+fn add(agent: &Agent, pod: &Ns) -> IpAddr {
+    let (ok, out) = cni_pod("ADD", agent, pod);
     assert!(ok, "ADD {}: {out}\nagent log:\n{}", pod.0, agent.log());
     let addr = out["ips"][0]["address"].as_str().unwrap();
     addr.split('/').next().unwrap().parse().unwrap()
@@ -328,6 +333,17 @@ fn config(node_ip: &str, block: &str, routing: Value, peers: Value, egress: Valu
         "peers": peers,
         "egress": egress,
     })
+}
+
+/// A node alone: Native routing, no peers, no masquerade.
+fn standalone(node_ip: &str, block: &str) -> Value {
+    config(
+        node_ip,
+        block,
+        json!({"mode": "Native"}),
+        json!([]),
+        json!({"sources": [], "exempt": []}),
+    )
 }
 
 fn links(ns: &Ns) -> String {
@@ -379,13 +395,7 @@ fn two_nodes_native_then_vxlan_restart_and_cleanup() {
     assert!(ip1.to_string().starts_with("10.211.1.") && ip2.to_string().starts_with("10.211.2."));
     // A retried ADD of the same attachment gets the same address.
     assert_eq!(add(&a1, &p1), ip1);
-    let (ok, out) = cni(
-        "CHECK",
-        &a1.socket(),
-        &a1.spool(),
-        &p1.0,
-        &p1.path().to_string_lossy(),
-    );
+    let (ok, out) = cni_pod("CHECK", &a1, &p1);
     assert!(ok, "CHECK: {out}");
 
     // Native: across nodes and on one node, the server sees the client's pod address.
@@ -518,13 +528,7 @@ fn bad_requests_get_cni_errors_and_leave_nothing_behind() {
     let mut agent = Agent::start(
         &node,
         &tmp.path().join("n"),
-        &config(
-            "192.168.92.1",
-            "10.213.1.0/29",
-            json!({"mode": "Native"}),
-            json!([]),
-            json!({"sources": [], "exempt": []}),
-        ),
+        &standalone("192.168.92.1", "10.213.1.0/29"),
     );
     agent.wait_ready(&node);
 
@@ -547,13 +551,7 @@ fn bad_requests_get_cni_errors_and_leave_nothing_behind() {
     sh(&[
         "ip", "-n", &busy.0, "link", "add", "eth0", "type", "veth", "peer", "name", "x0",
     ]);
-    let (ok, out) = cni(
-        "ADD",
-        &agent.socket(),
-        &agent.spool(),
-        &busy.0,
-        &busy.path().to_string_lossy(),
-    );
+    let (ok, out) = cni_pod("ADD", &agent, &busy);
     assert!(!ok);
     assert_eq!(out["code"], 101, "{out}");
     assert!(
@@ -572,13 +570,7 @@ fn bad_requests_get_cni_errors_and_leave_nothing_behind() {
         add(&agent, p);
     }
     let extra = Ns::new("p");
-    let (ok, out) = cni(
-        "ADD",
-        &agent.socket(),
-        &agent.spool(),
-        &extra.0,
-        &extra.path().to_string_lossy(),
-    );
+    let (ok, out) = cni_pod("ADD", &agent, &extra);
     assert!(!ok);
     assert_eq!(out["code"], 100, "{out}");
     assert!(out["msg"].as_str().unwrap().contains("test-pool"), "{out}");
@@ -591,13 +583,7 @@ fn concurrent_adds_get_distinct_addresses() {
     let mut agent = Agent::start(
         &node,
         &tmp.path().join("n"),
-        &config(
-            "192.168.93.1",
-            "10.214.0.0/24",
-            json!({"mode": "Native"}),
-            json!([]),
-            json!({"sources": [], "exempt": []}),
-        ),
+        &standalone("192.168.93.1", "10.214.0.0/24"),
     );
     agent.wait_ready(&node);
     let pods: Vec<Ns> = (0..30).map(|_| Ns::new("p")).collect();
