@@ -375,7 +375,7 @@ impl Agent {
                 .capacity
                 .set(i64::try_from(ipam.capacity()).unwrap_or(i64::MAX));
         }
-        let uplink_mtu = uplink_mtu(&self.host, config.node_ip)
+        let uplink_mtu = node::uplink_mtu(&self.host, config.node_ip)
             .await
             .unwrap_or(config::FALLBACK_UPLINK_MTU);
         let (desired, conflicts) = routing::desired(
@@ -496,31 +496,6 @@ fn add_result(request: &Request, attached: &pod::Attached, ip: Ipv4Addr, mtu: u3
         }],
         dns: serde_json::json!({}),
     }
-}
-
-/// MTU of the interface holding `ip` (the uplink), if there is one.
-async fn uplink_mtu(handle: &rtnetlink::Handle, ip: IpAddr) -> Option<u32> {
-    use futures::TryStreamExt;
-    use rtnetlink::packet_route::address::AddressAttribute;
-    use rtnetlink::packet_route::link::LinkAttribute;
-    let mut addrs = handle.address().get().execute();
-    let mut index = None;
-    while let Ok(Some(msg)) = addrs.try_next().await {
-        if msg
-            .attributes
-            .iter()
-            .any(|a| matches!(a, AddressAttribute::Address(x) if *x == ip))
-        {
-            index = Some(msg.header.index);
-            break;
-        }
-    }
-    let mut links = handle.link().get().match_index(index?).execute();
-    let link = links.try_next().await.ok()??;
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Mtu(m) => Some(*m),
-        _ => None,
-    })
 }
 
 /// Replays DELs the plugin queued while the agent was down.

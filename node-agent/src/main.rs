@@ -250,17 +250,22 @@ async fn watch_file(path: PathBuf, tx: watch::Sender<Option<NodeConfig>>) {
                 .and_then(|b| serde_json::from_slice::<NodeConfig>(&b).map_err(|e| e.to_string()))
             {
                 Ok(c) => {
-                    tx.send_if_modified(|cur| {
-                        let changed = cur.as_ref() != Some(&c);
-                        *cur = Some(c);
-                        changed
-                    });
+                    publish(&tx, c);
                 }
                 Err(e) => tracing::error!("configuration file {}: {e}", path.display()),
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Publishes `c`, waking the agent only when it differs from the current configuration.
+fn publish(tx: &watch::Sender<Option<NodeConfig>>, c: NodeConfig) {
+    tx.send_if_modified(|cur| {
+        let changed = cur.as_ref() != Some(&c);
+        *cur = Some(c);
+        changed
+    });
 }
 
 /// Passes valid configurations on; logs why there is none.
@@ -272,11 +277,7 @@ async fn forward_config(
         let state = from.borrow_and_update().clone();
         match state {
             Some(Ok(c)) => {
-                to.send_if_modified(|cur| {
-                    let changed = cur.as_ref() != Some(&c);
-                    *cur = Some(c);
-                    changed
-                });
+                publish(&to, c);
             }
             Some(Err(e)) => tracing::warn!("no configuration: {e}"),
             None => {}

@@ -773,6 +773,11 @@ fn list(object: &'static str) -> impl FnOnce(rtnetlink::Error) -> NodeDatapathEr
     move |source| NodeDatapathError::List { object, source }
 }
 
+/// MTU of the uplink: the interface holding `local` (the node's address).
+pub async fn uplink_mtu(host: &Handle, local: IpAddr) -> Result<u32> {
+    Ok(underlay(host, local).await?.1)
+}
+
 /// Index and MTU of the interface holding `local`.
 async fn underlay(host: &Handle, local: IpAddr) -> Result<(u32, u32)> {
     let mut index = None;
