@@ -27,7 +27,7 @@ pub use encryption::{
 };
 pub use ippool::{AllowedUse, IPPool, IPPoolSpec, IPPoolStatus, PoolUsage};
 pub use net::{Cidr, IpAddress};
-pub use nodenetwork::{AgentStatus, NodeNetwork, NodeNetworkSpec, NodeNetworkStatus};
+pub use nodenetwork::{AgentStatus, BlockUsage, NodeNetwork, NodeNetworkSpec, NodeNetworkStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -62,6 +62,18 @@ pub struct AgentStatus {
     pub last_heartbeat: Option<Time>,
 }
 
+/// How many pod addresses of one block are in use on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockUsage {
+    /// The block, one of `spec.blocks`.
+    pub cidr: Cidr,
+    /// Addresses held by pods.
+    pub allocated: u32,
+    /// Addresses the block can hand out (its size less the reserved ones).
+    pub capacity: u32,
+}
+
 /// Observed state of a node, written by its agent.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -78,6 +90,13 @@ pub struct NodeNetworkStatus {
     /// State of the node's agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentStatus>,
+
+    /// Address use in each of the node's blocks, written by the agent. The operator adds a
+    /// block when they fill up and releases a deleted node's blocks once none is in use.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["cidr".into()]))]
+    pub blocks: Vec<BlockUsage>,
 
     /// `Ready`: the node's datapath is programmed.
     #[serde(default)]
