@@ -56,14 +56,13 @@ fn kind_of(e: &CniError) -> &'static str {
 }
 
 impl Agent {
-    /// Opens the IPAM state in `state_dir` and builds the agent. Nothing is programmed yet.
+    /// Opens this boot's IPAM state in `state_dir` and builds the agent. Nothing is programmed yet.
     pub fn new(
         state_dir: PathBuf,
         host: rtnetlink::Handle,
         config: watch::Receiver<Option<NodeConfig>>,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&state_dir)?;
-        let store = FileStore::new(state_dir.join("ipam.json"));
+        let store = FileStore::for_this_boot(&state_dir)?;
         let ipam = Allocator::open(Vec::new(), Vec::new(), store)?;
         Ok(Self {
             ipam: Mutex::new(ipam),

@@ -28,8 +28,9 @@ struct Args {
     /// The socket the plugin talks to.
     #[arg(long, default_value = ferrite_cni::DEFAULT_AGENT_SOCKET, global = true)]
     socket: PathBuf,
-    /// Where the IPAM state is kept (must survive agent restarts: a hostPath).
-    #[arg(long, default_value = "/var/lib/ferrite", global = true)]
+    /// Where the IPAM state is kept: a hostPath that survives agent restarts; tmpfs is right
+    /// (the state is scoped to the kernel's boot, like the pods it describes).
+    #[arg(long, default_value = "/run/ferrite/state", global = true)]
     state_dir: PathBuf,
     /// Where the plugin queues DELs while the agent is down.
     #[arg(long, default_value = ferrite_cni::DEFAULT_SPOOL_DIR, global = true)]

@@ -2,8 +2,9 @@
 //! in its `NodeNetwork`) to pod attachments, and takes them back.
 //!
 //! The logic is pure ([`Allocator`] over [`State`]); persistence is behind [`Store`], with
-//! [`FileStore`] writing the whole state atomically (temp file, fsync, rename) before an address
-//! is handed out, so a crash or restart never hands out an address a running pod holds.
+//! [`FileStore`] writing the whole state atomically (temp file, rename; one file per boot of the
+//! kernel) before an address is handed out, so a crash or restart never hands out an address a
+//! running pod holds.
 //!
 //! Allocation is idempotent per attachment (container ID + interface), so a retried ADD gets
 //! the same address; release is idempotent, so containerd's double DEL is harmless. New
