@@ -60,6 +60,10 @@ pub struct AgentStatus {
     /// When the agent last reported in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<Time>,
+    /// The `metadata.generation` of the ClusterNetwork the node's datapath is programmed for:
+    /// the operator counts a rollout done when every ready agent reports the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_network_generation: Option<i64>,
 }
 
 /// How many pod addresses of one block are in use on the node.

@@ -157,6 +157,7 @@ pub async fn report(
         ready,
         version: Some(crate::VERSION.to_owned()),
         last_heartbeat: Some(Time(jiff::Timestamp::now())),
+        cluster_network_generation: None,
     };
     let patch = serde_json::json!({
         "status": {
