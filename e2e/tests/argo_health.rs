@@ -365,6 +365,22 @@ fn a_disabled_pool_is_healthy_and_says_it_hands_out_nothing() -> Result<()> {
 }
 
 #[test]
+fn a_disabled_pool_that_fails_for_another_reason_is_still_degraded() -> Result<()> {
+    let mut object = fixture("ippool-ready.json")?;
+    object["spec"]["disabled"] = json!(true);
+    let ready = condition_mut(&mut object, types::READY)?;
+    ready["status"] = json!("False");
+    ready["reason"] = json!(reasons::RECONCILE_ERROR);
+    ready["message"] = json!("listing NodeNetworks: forbidden");
+    expect(
+        &health_of(&object)?,
+        HealthStatus::Degraded,
+        "ReconcileError: listing NodeNetworks: forbidden",
+    );
+    Ok(())
+}
+
+#[test]
 fn a_ready_pool_without_usage_yet_says_so() -> Result<()> {
     let mut object = fixture("ippool-ready.json")?;
     object["status"]

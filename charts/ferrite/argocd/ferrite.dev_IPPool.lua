@@ -98,11 +98,12 @@ if ready ~= nil and ready.status == "False" and ready.reason == "Overlap" then
   return { status = "Degraded", message = explain(ready) }
 end
 
--- A disabled pool hands out no new addresses on purpose: that is its desired state.
-local disabled = (obj.spec ~= nil and obj.spec.disabled == true)
-  or (ready ~= nil and ready.reason == "Disabled")
+-- A disabled pool hands out no new addresses on purpose: Ready=False for that reason is its
+-- desired state, not a fault. Any other reason still is one.
+local disabledByReason = ready ~= nil and ready.reason == "Disabled"
+local disabled = disabledByReason or (obj.spec ~= nil and obj.spec.disabled == true)
 
-if ready ~= nil and ready.status == "False" and not disabled and not rollingOut and not settling(ready.reason) then
+if ready ~= nil and ready.status == "False" and not disabledByReason and not rollingOut and not settling(ready.reason) then
   return { status = "Degraded", message = explain(ready) }
 end
 
@@ -114,7 +115,7 @@ if rollingOut then
   return { status = "Progressing", message = message }
 end
 
-if ready ~= nil and (ready.status == "True" or (disabled and ready.status == "False")) then
+if ready ~= nil and (ready.status == "True" or (disabledByReason and ready.status == "False")) then
   local message = usage()
   if disabled then
     message = message .. "; disabled: hands out no new addresses"
