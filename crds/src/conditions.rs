@@ -39,6 +39,9 @@ pub mod reasons {
     pub const PENDING: &str = "Pending";
     /// The controller hit an error it will retry; the message says which.
     pub const RECONCILE_ERROR: &str = "ReconcileError";
+    /// Deleting the object waits (a finalizer holds it) because something still uses it, e.g.
+    /// blocks of an IPPool still assigned to nodes; the message names the nodes.
+    pub const IN_USE: &str = "InUse";
 }
 
 /// The status of a condition: `True`, `False` or `Unknown`.

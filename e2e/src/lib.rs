@@ -23,6 +23,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::io::AsyncReadExt;
 
+pub mod argo;
+
 /// The agnhost image (the tag the pinned e2e.test uses; built locally by `e2e/scripts/images.sh`).
 pub const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.56";
 /// The busybox image.
