@@ -576,8 +576,7 @@ mod tests {
         }
 
         fn deleting(mut self) -> Self {
-            self.0.metadata.deletion_timestamp =
-                Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+            self.0.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
             self
         }
 

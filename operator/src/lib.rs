@@ -19,9 +19,11 @@
 //! - Flags: `--concurrency` (`FERRITE_OPERATOR_CONCURRENCY`, default 32); logs follow
 //!   `RUST_LOG` (default `info`). SIGTERM or SIGINT let running reconciles finish, then exit.
 
+pub mod agentset;
 pub mod blocks;
 pub mod claims;
 pub mod nodenetwork;
+pub mod rollout;
 pub mod selector;
 
 /// The version every Ferrite component reports.
