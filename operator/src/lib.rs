@@ -22,6 +22,7 @@
 pub mod agentset;
 pub mod blocks;
 pub mod claims;
+pub mod clusternetwork;
 pub mod nodenetwork;
 pub mod rollout;
 pub mod selector;

@@ -2,6 +2,8 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use ferrite_operator::agentset::AgentDefaults;
+use ferrite_operator::clusternetwork;
 use ferrite_operator::nodenetwork::{self, Settings};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
@@ -16,6 +18,22 @@ struct Args {
     /// to the apiserver; block choices are serialized regardless.
     #[arg(long, env = "FERRITE_OPERATOR_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
+    /// The operator's namespace: where the agent's DaemonSet and ServiceAccount go.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferrite-system")]
+    namespace: String,
+    /// The agent image when the ClusterNetwork names none.
+    #[arg(long, env = "FERRITE_AGENT_IMAGE", default_value_t = default_agent_image())]
+    agent_image: String,
+    /// This replica's name, for Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+}
+
+fn default_agent_image() -> String {
+    format!(
+        "ghcr.io/ferrite-dev/ferrite-agent:{}",
+        ferrite_operator::VERSION
+    )
 }
 
 impl Args {
@@ -45,7 +63,18 @@ impl Args {
         let settings = Settings {
             concurrency: self.concurrency,
         };
-        nodenetwork::run(client, settings, shutdown).await;
+        let cluster_network = clusternetwork::Settings {
+            agent: AgentDefaults {
+                namespace: self.namespace,
+                image: self.agent_image,
+            },
+            instance: self.instance,
+        };
+        let shutdown = futures::FutureExt::shared(shutdown);
+        tokio::join!(
+            nodenetwork::run(client.clone(), settings, shutdown.clone()),
+            clusternetwork::run(client, cluster_network, shutdown),
+        );
         info!("ferrite-operator stopped");
         Ok(())
     }

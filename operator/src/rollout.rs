@@ -253,11 +253,7 @@ pub fn status(
         )
     } else {
         (
-            (
-                ConditionStatus::True,
-                reasons::RECONCILED,
-                ready_message.clone(),
-            ),
+            (ConditionStatus::True, reasons::RECONCILED, ready_message),
             (
                 ConditionStatus::False,
                 reasons::RECONCILED,

@@ -1,0 +1,370 @@
+//! The ClusterNetwork controller: applies the node side ([`agentset`]) with server-side apply
+//! and reports the rollout ([`rollout`]) in the singleton's status.
+//!
+//! Reconciles `clusternetwork/default` when it changes, when the agent DaemonSet changes,
+//! when any NodeNetwork (an agent's report) or Node changes, and every [`RESYNC`] (an agent
+//! that stops reporting changes nothing to watch). Writes only objects it owns and the
+//! ClusterNetwork's status, never its spec.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_crds::clusternetwork::SINGLETON_NAME;
+use ferrite_crds::{ClusterNetwork, ClusterNetworkStatus, NodeNetwork};
+use futures::channel::mpsc;
+use futures::{FutureExt as _, Stream, StreamExt as _};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{Controller, WatchStreamExt as _, watcher};
+use kube::{Api, Client, Resource, ResourceExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use crate::agentset::{self, AGENT_NAME, AgentDefaults};
+use crate::rollout::{self, AgentReport, DaemonSetView, NodeView, Observed};
+
+/// Field manager of every write of this controller.
+pub const FIELD_MANAGER: &str = "ferrite-operator";
+
+/// Reconcile this often even when nothing changes: agents that go silent are noticed.
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing the ClusterNetwork's status failed.
+    #[error("writing the status of clusternetwork/{SINGLETON_NAME}: {0}")]
+    Status(#[source] kube::Error),
+    /// The object was not read from the apiserver.
+    #[error(transparent)]
+    Render(#[from] agentset::MissingMetadata),
+}
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where the agent runs and which image it gets by default.
+    pub agent: AgentDefaults,
+    /// Who publishes Events (the operator's pod name).
+    pub instance: Option<String>,
+}
+
+struct Context {
+    client: Client,
+    settings: Settings,
+    nodes: Store<Node>,
+    node_networks: Store<NodeNetwork>,
+    recorder: Recorder,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.shared();
+    let (nodes, nodes_writer) = reflector::store::<Node>();
+    let (node_networks, node_networks_writer) = reflector::store::<NodeNetwork>();
+    let (changed, changes) = mpsc::unbounded::<()>();
+    let node_events = watcher(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(nodes_writer)
+    .touched_objects();
+    let node_network_events = watcher(
+        Api::<NodeNetwork>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(node_networks_writer)
+    .touched_objects();
+    let caches = futures::future::join(
+        forward("Node", node_events, changed.clone()),
+        forward("NodeNetwork", node_network_events, changed),
+    );
+
+    let namespace = settings.agent.namespace.clone();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "ferrite-operator".into(),
+            instance: settings.instance.clone(),
+        },
+    );
+    let controller = {
+        let shutdown = shutdown.clone();
+        let client = client.clone();
+        async move {
+            let filled = futures::future::try_join(
+                nodes.wait_until_ready(),
+                node_networks.wait_until_ready(),
+            );
+            tokio::select! {
+                filled = filled => if filled.is_err() {
+                    warn!("a cache stopped before it was filled; not reconciling the ClusterNetwork");
+                    return;
+                },
+                () = shutdown.clone() => return,
+            }
+            let context = Arc::new(Context {
+                client: client.clone(),
+                settings,
+                nodes,
+                node_networks,
+                recorder,
+            });
+            Controller::new(
+                Api::<ClusterNetwork>::all(client.clone()),
+                watcher::Config::default().fields(&format!("metadata.name={SINGLETON_NAME}")),
+            )
+            .owns(
+                Api::<DaemonSet>::namespaced(client, &namespace),
+                watcher::Config::default().labels(&format!("app.kubernetes.io/name={AGENT_NAME}")),
+            )
+            .reconcile_all_on(changes)
+            // Many agents report at once during a rollout: one status write for the burst.
+            .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile, error_policy, context)
+            .for_each(|result| {
+                match result {
+                    Ok((object, _)) => debug!(name = %object.name, "reconciled"),
+                    Err(e) => debug!("{e}"),
+                }
+                futures::future::ready(())
+            })
+            .await;
+        }
+    };
+    tokio::select! {
+        () = controller => info!("ClusterNetwork controller stopped"),
+        _ = caches => warn!("the Node and NodeNetwork caches stopped"),
+    }
+}
+
+async fn forward<K>(
+    kind: &'static str,
+    events: impl Stream<Item = Result<K, watcher::Error>>,
+    changed: mpsc::UnboundedSender<()>,
+) {
+    events
+        .for_each(|event| {
+            match event {
+                Ok(_) => {
+                    let _ = changed.unbounded_send(());
+                }
+                Err(error) => warn!(kind, "watching: {error} (retrying)"),
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+async fn apply<K>(api: Api<K>, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+}
+
+/// Applies the node side; the DaemonSet as the apiserver returned it.
+async fn apply_agent(ctx: &Context, cn: &ClusterNetwork) -> Result<DaemonSet, String> {
+    let objects = agentset::render(cn, &ctx.settings.agent).map_err(|e| e.to_string())?;
+    let ns = ctx.settings.agent.namespace.as_str();
+    let client = &ctx.client;
+    let named = |what: &str, e: kube::Error| format!("{what}: {e}");
+    apply(
+        Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        &objects.service_account,
+    )
+    .await
+    .map_err(|e| named("serviceaccount", e))?;
+    apply(
+        Api::<ClusterRole>::all(client.clone()),
+        &objects.cluster_role,
+    )
+    .await
+    .map_err(|e| named("clusterrole", e))?;
+    apply(
+        Api::<ClusterRoleBinding>::all(client.clone()),
+        &objects.cluster_role_binding,
+    )
+    .await
+    .map_err(|e| named("clusterrolebinding", e))?;
+    apply(
+        Api::<DaemonSet>::namespaced(client.clone(), ns),
+        &objects.daemon_set,
+    )
+    .await
+    .map_err(|e| named("daemonset", e))
+}
+
+fn daemon_set_view(ds: &DaemonSet) -> DaemonSetView {
+    let status = ds.status.clone().unwrap_or_default();
+    DaemonSetView {
+        generation: ds.metadata.generation.unwrap_or(0),
+        observed_generation: status.observed_generation.unwrap_or(0),
+        desired: status.desired_number_scheduled,
+        updated: status.updated_number_scheduled.unwrap_or(0),
+        available: status.number_available.unwrap_or(0),
+    }
+}
+
+fn agent_report(nn: &NodeNetwork) -> Option<AgentReport> {
+    let status = nn.status.as_ref()?;
+    let agent = status.agent.as_ref()?;
+    let message =
+        ferrite_crds::conditions::find(&status.conditions, ferrite_crds::conditions::types::READY)
+            .map(|c| c.message.clone());
+    Some(AgentReport {
+        ready: agent.ready,
+        generation: agent.cluster_network_generation,
+        heartbeat: agent.last_heartbeat.as_ref().map(|t| t.0),
+        message,
+    })
+}
+
+fn observe(ctx: &Context, cn: &ClusterNetwork, ds: Result<DaemonSet, String>) -> Observed {
+    let reports: BTreeMap<String, Option<AgentReport>> = ctx
+        .node_networks
+        .state()
+        .iter()
+        .map(|nn| (nn.name_any(), agent_report(nn)))
+        .collect();
+    let nodes = ctx
+        .nodes
+        .state()
+        .iter()
+        .map(|node| {
+            let name = node.name_any();
+            let view = NodeView {
+                created: node.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                agent: reports.get(&name).cloned().flatten(),
+            };
+            (name, view)
+        })
+        .collect();
+    let (daemon_set, apply_error) = match ds {
+        Ok(ds) => (Some(daemon_set_view(&ds)), None),
+        Err(e) => (None, Some(e)),
+    };
+    Observed {
+        generation: cn.metadata.generation.unwrap_or(0),
+        mtu: cn.spec.mtu,
+        nodes,
+        daemon_set,
+        apply_error,
+        now: jiff::Timestamp::now(),
+    }
+}
+
+/// Whether writing `next` over `previous` would tell a reader anything new.
+fn differs(previous: Option<&ClusterNetworkStatus>, next: &ClusterNetworkStatus) -> bool {
+    previous != Some(next)
+}
+
+async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if cn.name_any() != SINGLETON_NAME || cn.metadata.deletion_timestamp.is_some() {
+        // Deleting the ClusterNetwork: its owned objects go with it (owner references).
+        return Ok(Action::await_change());
+    }
+    let ds = apply_agent(&ctx, &cn).await;
+    if let Err(e) = &ds {
+        warn!("applying the agent's objects: {e}");
+    }
+    let observed = observe(&ctx, &cn, ds);
+    let previous = cn.status.as_ref();
+    let next = rollout::status(&observed, previous);
+    if differs(previous, &next) {
+        let api = Api::<ClusterNetwork>::all(ctx.client.clone());
+        let patch = serde_json::json!({
+            "apiVersion": ClusterNetwork::api_version(&()),
+            "kind": ClusterNetwork::kind(&()),
+            "status": next,
+        });
+        api.patch_status(
+            SINGLETON_NAME,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Status)?;
+        for t in rollout::transitions(previous, &next) {
+            info!(reason = t.reason, "{}", t.note);
+            let event = Event {
+                type_: if t.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: t.reason.into(),
+                note: Some(truncate(&t.note, 1000)),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &cn.object_ref(&())).await {
+                warn!("publishing the {} event: {e}", t.reason);
+            }
+        }
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn error_policy(_cn: Arc<ClusterNetwork>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!("{error} (retrying in 5s)");
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_note_is_cut_on_a_character_boundary() {
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+
+    #[test]
+    fn the_daemon_set_view_reads_the_rollout_counters() {
+        let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ferrite-agent", "generation": 4},
+            "status": {
+                "observedGeneration": 4, "desiredNumberScheduled": 3,
+                "updatedNumberScheduled": 2, "numberAvailable": 3,
+                "currentNumberScheduled": 3, "numberMisscheduled": 0, "numberReady": 3
+            }
+        }))
+        .unwrap();
+        let view = daemon_set_view(&ds);
+        assert_eq!((view.desired, view.updated, view.available), (3, 2, 3));
+        assert!(!view.rolled_out());
+    }
+}
