@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use ferrite_crds::ClusterNetwork;
+use ferrite_crds::conditions::{self, types};
 use ferrite_e2e::{Cluster, NETEXEC_PORT, TestNamespace, http_get, pod_ip, wait_for};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use tokio::sync::Mutex;
@@ -200,4 +202,113 @@ async fn an_agent_restart_keeps_pods_connected_and_their_addresses() -> Result<(
         },
     )
     .await
+}
+
+/// The ClusterNetwork is Ready for its current generation and the agent DaemonSet has rolled
+/// out its template to every node.
+async fn wait_rolled_out(cluster: &Cluster, what: &str) -> Result<()> {
+    let cns: Api<ClusterNetwork> = Api::all(cluster.client.clone());
+    let dss: Api<DaemonSet> = Api::namespaced(cluster.client.clone(), "ferrite-system");
+    wait_for(what, Duration::from_secs(240), || async {
+        let cn = cns.get("default").await?;
+        let Some(status) = cn.status else {
+            return Ok(None);
+        };
+        let ready = conditions::is_true(&status.conditions, types::READY);
+        ensure!(
+            !conditions::is_true(&status.conditions, types::DEGRADED),
+            "Degraded: {:?}",
+            conditions::find(&status.conditions, types::DEGRADED).map(|c| &c.message)
+        );
+        let ds = dss.get("ferrite-agent").await?;
+        let ds_status = ds.status.unwrap_or_default();
+        let rolled = ds_status.observed_generation == ds.metadata.generation
+            && ds_status.updated_number_scheduled == Some(ds_status.desired_number_scheduled)
+            && ds_status.number_available == Some(ds_status.desired_number_scheduled);
+        Ok((ready && rolled && status.observed_generation == cn.metadata.generation).then_some(()))
+    })
+    .await
+}
+
+async fn set_agent_log_level(cluster: &Cluster, level: &str) -> Result<()> {
+    let api: Api<ClusterNetwork> = Api::all(cluster.client.clone());
+    let patch = serde_json::json!({"spec": {"agent": {"logLevel": level}}});
+    api.patch("default", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("setting the agent's logLevel to {level}"))?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: `make up`, then `make e2e`"]
+async fn killing_the_operator_mid_rollout_resumes_and_converges() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::connect().await?;
+    wait_rolled_out(&cluster, "the ClusterNetwork to be Ready before the test").await?;
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let operators: Api<Pod> = Api::namespaced(cluster.client.clone(), "ferrite-system");
+    let lp = ListParams::default().labels("app.kubernetes.io/name=ferrite-operator");
+    // A change that rolls every agent pod, then every operator replica killed at once.
+    set_agent_log_level(&cluster, "debug").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for pod in operators.list(&lp).await?.items {
+        let name = pod.metadata.name.unwrap_or_default();
+        operators
+            .delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+            .with_context(|| format!("killing operator pod {name}"))?;
+    }
+    let result = async {
+        wait_rolled_out(
+            &cluster,
+            "the rollout to converge after the operator was killed",
+        )
+        .await?;
+        let ds = Api::<DaemonSet>::namespaced(cluster.client.clone(), "ferrite-system")
+            .get("ferrite-agent")
+            .await?;
+        let log = ds
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().next())
+            .and_then(|c| c.env)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.name == "FERRITE_LOG")
+            .and_then(|e| e.value);
+        ensure!(
+            log.as_deref() == Some("debug"),
+            "the agents run FERRITE_LOG={log:?}, not debug"
+        );
+        // The rollout was reported: an Event on the ClusterNetwork after the change.
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(cluster.client.clone());
+        let seen = events
+            .list(&ListParams::default().fields("regarding.name=default,reason=RolloutStarted"))
+            .await?
+            .items
+            .into_iter()
+            .any(|e| {
+                e.regarding.and_then(|r| r.kind).as_deref() == Some("ClusterNetwork")
+                    && [
+                        e.event_time.map(|t| t.0),
+                        e.series.map(|s| s.last_observed_time.0),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t >= started)
+            });
+        ensure!(
+            seen,
+            "no RolloutStarted event on clusternetwork/default since the change"
+        );
+        Ok(())
+    }
+    .await;
+    set_agent_log_level(&cluster, "info").await?;
+    wait_rolled_out(
+        &cluster,
+        "the ClusterNetwork to be Ready again after restoring",
+    )
+    .await?;
+    result
 }
