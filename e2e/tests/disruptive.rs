@@ -281,21 +281,24 @@ async fn killing_the_operator_mid_rollout_resumes_and_converges() -> Result<()> 
             "the agents run FERRITE_LOG={log:?}, not debug"
         );
         // The rollout was reported: an Event on the ClusterNetwork after the change.
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(cluster.client.clone());
+        // Core v1 reads the events.k8s.io Events too, and knows involvedObject selectors.
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(cluster.client.clone());
+        let selector =
+            "involvedObject.kind=ClusterNetwork,involvedObject.name=default,reason=RolloutStarted";
         let seen = events
-            .list(&ListParams::default().fields("regarding.name=default,reason=RolloutStarted"))
+            .list(&ListParams::default().fields(selector))
             .await?
             .items
             .into_iter()
             .any(|e| {
-                e.regarding.and_then(|r| r.kind).as_deref() == Some("ClusterNetwork")
-                    && [
-                        e.event_time.map(|t| t.0),
-                        e.series.map(|s| s.last_observed_time.0),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .any(|t| t >= started)
+                [
+                    e.event_time.map(|t| t.0),
+                    e.series.and_then(|s| s.last_observed_time).map(|t| t.0),
+                    e.last_timestamp.map(|t| t.0),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|t| t >= started)
             });
         ensure!(
             seen,
