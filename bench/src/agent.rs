@@ -55,6 +55,7 @@ pub fn node_config(
             })
             .collect::<Result<_>>()?,
         egress: Egress::default(),
+        cluster_generation: None,
     })
 }
 

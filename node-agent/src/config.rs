@@ -109,6 +109,10 @@ pub struct NodeConfig {
     /// Egress masquerade.
     #[serde(default)]
     pub egress: Egress,
+    /// The ClusterNetwork's `metadata.generation` this configuration comes from, reported
+    /// back once programmed so the operator knows the rollout reached this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_generation: Option<i64>,
 }
 
 impl NodeConfig {
@@ -270,6 +274,7 @@ pub fn from_cluster(
             mtu: spec.mtu,
             peers,
             egress,
+            cluster_generation: cluster.metadata.generation,
         },
         warnings,
     ))
