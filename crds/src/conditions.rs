@@ -31,6 +31,9 @@ pub mod reasons {
     pub const EXHAUSTED: &str = "Exhausted";
     /// The pool is disabled; it hands out no new addresses.
     pub const DISABLED: &str = "Disabled";
+    /// The object is being deleted, but something still uses it (the message names what);
+    /// a finalizer holds the deletion until nothing does.
+    pub const IN_USE: &str = "InUse";
     /// A rollout (agent DaemonSet, configuration) is under way.
     pub const ROLLING_OUT: &str = "RollingOut";
     /// One or more node agents are not ready.
