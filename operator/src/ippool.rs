@@ -529,11 +529,10 @@ mod tests {
     use ferrite_crds::conditions::reasons;
     use ferrite_crds::{AllowedUse, Cidr, IPPoolSpec, IpAddress, NodeNetworkSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use kube::runtime::watcher;
     use serde_json::json;
 
     use super::*;
-    use crate::testing::{ApiServer, Reply};
+    use crate::testing::{ApiServer, Reply, store};
 
     const POOLS: &str = "/apis/ferrite.dev/v1alpha1/ippools";
     const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
@@ -609,19 +608,6 @@ mod tests {
                 tunnel_endpoint: None,
             },
         )
-    }
-
-    fn store<K>(objects: Vec<K>) -> Store<K>
-    where
-        K: Resource<DynamicType = ()> + Clone + 'static,
-    {
-        let (reader, mut writer) = reflector::store::<K>();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        for object in objects {
-            writer.apply_watcher_event(&watcher::Event::InitApply(object));
-        }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        reader
     }
 
     fn context(

@@ -1191,6 +1191,140 @@ mod tests {
         ));
     }
 
+    /// The controller's context over caches holding `pools`, `node_networks` and `nodes`.
+    fn context(
+        server: &crate::testing::ApiServer,
+        pools: Vec<IPPool>,
+        node_networks: Vec<NodeNetwork>,
+        nodes: Vec<Node>,
+    ) -> Arc<Context> {
+        use crate::testing::store;
+        let client = server.client();
+        Arc::new(Context {
+            api: Api::all(client.clone()),
+            pools: store(pools),
+            cluster_networks: store(vec![]),
+            node_networks: store(node_networks),
+            nodes: store(nodes),
+            claims: Mutex::new(Claims::new()),
+            recorder: Recorder::new(client, Reporter::from("ferrite-operator-test")),
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    const NODE1: &str = "/apis/ferrite.dev/v1alpha1/nodenetworks/node1";
+
+    #[tokio::test]
+    async fn a_nearly_full_node_gets_a_block_by_a_versioned_merge_patch_and_an_event() {
+        use crate::testing::{ApiServer, Reply};
+        let node = TestNode::new("node1").internal_ip("172.30.0.11").build();
+        let nn = reporting(
+            current(&node, "172.30.0.11", &["10.244.0.0/26"]),
+            &[("10.244.0.0/26", 60, 62)],
+        );
+        let mut grown = nn.clone();
+        grown.spec.blocks.push(Cidr("10.244.0.64/26".into()));
+        let server = ApiServer::new()
+            .expect(
+                "GET",
+                NODE1,
+                Reply::Json(200, serde_json::to_value(&nn).unwrap()),
+            )
+            .expect(
+                "PATCH",
+                NODE1,
+                Reply::Json(200, serde_json::to_value(&grown).unwrap()),
+            )
+            .expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                Reply::Echo(201),
+            );
+        let ctx = context(&server, default_pool(), vec![nn], vec![node.clone()]);
+
+        let action = reconcile(Arc::new(node), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(RESYNC));
+        let seen = server.done();
+        assert_eq!(
+            seen[1].content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(seen[1].body["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            seen[1].body["spec"]["blocks"],
+            serde_json::json!(["10.244.0.0/26", "10.244.0.64/26"])
+        );
+        assert_eq!(seen[2].body["reason"], "BlockAdded");
+        assert!(
+            seen[2].body["note"]
+                .as_str()
+                .unwrap()
+                .contains("block 10.244.0.64/26 of pool default-ipv4"),
+            "{}",
+            seen[2].body
+        );
+        // The block stays claimed until the cache shows it.
+        assert_eq!(ctx.claims.lock().unwrap().len(), 1);
+        assert!(
+            ctx.metrics
+                .encode()
+                .contains("ferrite_operator_node_blocks_added_total 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_refused_for_a_conflict_drops_its_claim_and_is_retried() {
+        use crate::testing::{ApiServer, Reply};
+        let node = TestNode::new("node1").internal_ip("172.30.0.11").build();
+        let nn = current(&node, "172.30.0.11", &[]);
+        let server = ApiServer::new()
+            .expect(
+                "GET",
+                NODE1,
+                Reply::Json(200, serde_json::to_value(&nn).unwrap()),
+            )
+            .expect(
+                "PATCH",
+                NODE1,
+                Reply::Status(409, "the object has been modified"),
+            );
+        let ctx = context(&server, default_pool(), vec![nn], vec![node.clone()]);
+
+        let err = reconcile(Arc::new(node.clone()), ctx.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict { .. }), "{err}");
+        assert!(ctx.claims.lock().unwrap().is_empty());
+        assert_eq!(
+            error_policy(Arc::new(node), &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(1))
+        );
+        assert!(ctx.metrics.encode().contains(
+            r#"ferrite_operator_reconcile_errors_total{controller="nodenetwork",kind="conflict"} 1"#
+        ));
+        server.done();
+    }
+
+    #[tokio::test]
+    async fn a_pool_holding_a_node_address_gives_no_block_and_nothing_is_written() {
+        use crate::testing::{ApiServer, Reply};
+        // The node's own address lies in the only pool: the overlap rule refuses the pool.
+        let node = TestNode::new("node1").internal_ip("10.244.7.7").build();
+        let server =
+            ApiServer::new().expect("GET", NODE1, Reply::Status(404, "nodenetworks not found"));
+        let ctx = context(&server, default_pool(), vec![], vec![node.clone()]);
+
+        let err = reconcile(Arc::new(node), ctx).await.unwrap_err();
+        assert!(matches!(err, Error::NoFreeBlock(_)), "{err}");
+        assert!(
+            err.to_string().contains(
+                "pool default-ipv4 is refused: it overlaps the address of node node1 (10.244.7.7)"
+            ),
+            "{err}"
+        );
+        server.done();
+    }
+
     #[test]
     fn a_lost_write_race_is_retried_at_once() {
         let conflict = Error::Conflict { name: "n".into() };

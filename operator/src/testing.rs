@@ -1,4 +1,4 @@
-//! A scripted apiserver for controller tests (tower-test's shape, on axum, which the crate
+//! Fixtures for controller tests: filled caches ([`store`]) and a scripted apiserver (tower-test's shape, on axum, which the crate
 //! already has): each test lists the requests it expects, in order, with the reply to each;
 //! the client under test talks to it in-process, with no socket. [`ApiServer::done`] fails
 //! the test if a request was missing, out of order or unexpected, and returns what was sent.
@@ -11,7 +11,24 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use kube::Resource;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
 use serde_json::{Value, json};
+
+/// A filled cache holding `objects`, as a reflector leaves it after its first list.
+pub fn store<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (reader, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
 
 /// The reply to one expected request.
 #[derive(Clone, Debug)]
@@ -20,7 +37,8 @@ pub enum Reply {
     Json(u16, Value),
     /// This status code and the request's own body (a create that stores what it was sent).
     Echo(u16),
-    /// A Kubernetes `Status` failure with this code and message.
+    /// A Kubernetes `Status` failure with this code and message; its reason is the one the
+    /// apiserver gives the code (`NotFound` for 404, `Conflict` for 409, ...).
     Status(u16, &'static str),
 }
 
@@ -155,6 +173,7 @@ async fn handle(
                 "metadata": {},
                 "status": "Failure",
                 "message": message,
+                "reason": reason_of(code),
                 "code": code,
             }),
         ),
@@ -166,4 +185,17 @@ async fn handle(
         body.to_string(),
     )
         .into_response()
+}
+
+/// The `reason` the apiserver gives a failure with `code`.
+fn reason_of(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        422 => "Invalid",
+        _ => "InternalError",
+    }
 }
