@@ -6,7 +6,7 @@
 //! It never writes a pool's spec. The rules are pure, in [`crate::pools`]; this file reads
 //! the caches, writes, and records Events.
 //!
-//! Shape (controller-rs): `reconcile` hands the pool to [`kube::runtime::finalizer`], which
+//! Shape (controller-rs): `reconcile` hands the pool to [`kube::runtime::finalizer()`], which
 //! adds the finalizer to a new pool and calls `apply` (status) or, once the pool is being
 //! deleted and no node holds a block of it any more, `cleanup` (then removes the finalizer).
 //! While nodes still hold blocks, `reconcile` writes `Ready=False, reason InUse` naming them

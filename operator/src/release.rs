@@ -6,7 +6,7 @@
 //! taken; once it is gone they are free.
 //!
 //! Shape (controller-rs): `reconcile` hands the NodeNetwork to
-//! [`kube::runtime::finalizer`], which adds the finalizer to NodeNetworks created before it
+//! [`kube::runtime::finalizer()`], which adds the finalizer to NodeNetworks created before it
 //! existed (the NodeNetwork controller creates new ones with it), and on deletion removes
 //! it (cleanup has nothing to undo) — but only once the blocks may go: while they may not,
 //! `reconcile` looks again when the agent would count as silent, or sooner when the
