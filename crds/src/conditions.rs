@@ -31,6 +31,9 @@ pub mod reasons {
     pub const EXHAUSTED: &str = "Exhausted";
     /// The pool is disabled; it hands out no new addresses.
     pub const DISABLED: &str = "Disabled";
+    /// The object is being deleted, but something still uses it (the message names what);
+    /// a finalizer holds the deletion until nothing does.
+    pub const IN_USE: &str = "InUse";
     /// A rollout (agent DaemonSet, configuration) is under way.
     pub const ROLLING_OUT: &str = "RollingOut";
     /// One or more node agents are not ready.
@@ -39,9 +42,6 @@ pub mod reasons {
     pub const PENDING: &str = "Pending";
     /// The controller hit an error it will retry; the message says which.
     pub const RECONCILE_ERROR: &str = "ReconcileError";
-    /// Deleting the object waits (a finalizer holds it) because something still uses it, e.g.
-    /// blocks of an IPPool still assigned to nodes; the message names the nodes.
-    pub const IN_USE: &str = "InUse";
 }
 
 /// The status of a condition: `True`, `False` or `Unknown`.

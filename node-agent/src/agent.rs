@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::{self, NodeConfig};
 use crate::datapath::{node, pod};
-use crate::ipam::{Allocator, FileStore, IpamError, Owner};
+use crate::ipam::{Allocator, BlockUse, FileStore, IpamError, Owner};
 use crate::metrics::{CommandLabels, ErrorLabels, Health, Metrics, ReconcileLabels};
 use crate::nat;
 use crate::routing::{self, POD_GATEWAY};
@@ -33,6 +33,8 @@ pub struct Agent {
     config: watch::Receiver<Option<NodeConfig>>,
     /// MTU of new pod interfaces, from the last reconcile (0: not reconciled yet).
     pod_mtu: std::sync::atomic::AtomicU32,
+    /// Address use per block, as last computed; changes wake [`Agent::usage_changes`].
+    usage: watch::Sender<Vec<BlockUse>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Health.
@@ -69,9 +71,34 @@ impl Agent {
             host,
             config,
             pod_mtu: std::sync::atomic::AtomicU32::new(0),
+            usage: watch::Sender::new(Vec::new()),
             metrics: Arc::new(Metrics::default()),
             health: Arc::new(Health::default()),
         })
+    }
+
+    /// Address use per block, as of the last request or reconcile.
+    pub fn block_usage(&self) -> Vec<BlockUse> {
+        self.usage.borrow().clone()
+    }
+
+    /// Wakes whenever the address use of the node's blocks changes (a pod got or gave back
+    /// an address, a block was added), for the report into the NodeNetwork.
+    pub fn usage_changes(&self) -> watch::Receiver<Vec<BlockUse>> {
+        self.usage.subscribe()
+    }
+
+    /// Recomputes the address use and wakes the subscribers if it changed.
+    fn publish_usage(&self) {
+        let usage = self.ipam().usage();
+        self.usage.send_if_modified(|current| {
+            if *current == usage {
+                false
+            } else {
+                *current = usage;
+                true
+            }
+        });
     }
 
     fn ipam(&self) -> MutexGuard<'_, Allocator<FileStore>> {
@@ -105,6 +132,9 @@ impl Agent {
         self.metrics
             .allocations
             .set(i64::try_from(self.ipam().state().allocations.len()).unwrap_or(i64::MAX));
+        if matches!(command, Command::Add | Command::Del | Command::Gc) {
+            self.publish_usage();
+        }
         match outcome {
             Ok(r) => r,
             Err(mut e) => {
@@ -347,7 +377,9 @@ impl Agent {
             .map(|a| a.owner.clone())
             .filter(|o| present.contains(&pod::host_ifname(&o.container_id, &o.ifname)))
             .collect();
-        self.collect(&valid).await
+        let collected = self.collect(&valid).await;
+        self.publish_usage();
+        collected
     }
 
     /// Programs the node for `config`: IPAM blocks, routes or tunnel towards the peers, egress
@@ -374,6 +406,7 @@ impl Agent {
                 .capacity
                 .set(i64::try_from(ipam.capacity()).unwrap_or(i64::MAX));
         }
+        self.publish_usage();
         let uplink_mtu = node::uplink_mtu(&self.host, config.node_ip)
             .await
             .unwrap_or(config::FALLBACK_UPLINK_MTU);

@@ -180,51 +180,84 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("wrote the CNI configuration {}", path.display());
     }
     tracing::info!(socket = %args.socket.display(), "ready");
-    let report = |ready: bool, msg: String| {
+    // Every report is also the heartbeat the operator releases a deleted node's blocks by:
+    // it comes with each reconcile (at least every resync) and after address use changes.
+    let report = |report: k8s::Report| {
         let client = client.clone();
         async move {
             if let Some((client, node)) = client
-                && let Err(e) = k8s::report(&client, &node, ready, &msg, None).await
+                && let Err(e) = k8s::report(&client, &node, &report, None).await
             {
                 tracing::warn!("reporting to NodeNetwork {node}: {e}");
             }
         }
     };
-    report(true, "datapath programmed".into()).await;
+    let mut state = (true, "datapath programmed".to_owned());
+    // The ClusterNetwork generation of the configuration last programmed successfully.
+    let mut programmed = config.cluster_generation;
+    let mut usage = agent.usage_changes();
+    usage.borrow_and_update();
+    report(k8s::Report {
+        ready: state.0,
+        message: state.1.clone(),
+        blocks: agent.block_usage(),
+        cluster_generation: programmed,
+    })
+    .await;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut resync = tokio::time::interval(Duration::from_secs(60));
     resync.tick().await;
     loop {
+        let mut usage_only = false;
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() { break; }
                 if let Some(c) = rx.borrow_and_update().clone() { config = c; }
             }
             _ = resync.tick() => {}
+            changed = usage.changed() => {
+                if changed.is_err() { break; }
+                usage_only = true;
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        let was_ready = agent.health.is_ready();
-        match agent.reconcile(&config).await {
-            Ok(()) => {
-                agent.health.set_ready(true);
-                if !was_ready {
-                    report(true, "datapath programmed".into()).await;
+        if usage_only {
+            // A burst of pods starting or stopping becomes one report.
+            tokio::time::sleep(USAGE_REPORT_DELAY).await;
+        } else {
+            match agent.reconcile(&config).await {
+                Ok(()) => {
+                    agent.health.set_ready(true);
+                    state = (true, "datapath programmed".into());
+                    programmed = config.cluster_generation;
+                }
+                Err(e) => {
+                    tracing::error!("programming the datapath: {e}");
+                    agent.health.set_ready(false);
+                    state = (false, format!("programming the datapath failed: {e}"));
                 }
             }
-            Err(e) => {
-                tracing::error!("programming the datapath: {e}");
-                agent.health.set_ready(false);
-                report(false, format!("programming the datapath failed: {e}")).await;
-            }
         }
+        usage.borrow_and_update();
+        report(k8s::Report {
+            ready: state.0,
+            message: state.1.clone(),
+            blocks: agent.block_usage(),
+            cluster_generation: programmed,
+        })
+        .await;
     }
     // Pods keep their datapath while the agent is away; the plugin queues DELs meanwhile.
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a change of address use waits before it is reported, so that a burst of pods
+/// starting or stopping becomes one status write.
+const USAGE_REPORT_DELAY: Duration = Duration::from_secs(1);
 
 /// Binds the plugin socket, replacing a stale one from a previous run.
 fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {

@@ -5,7 +5,8 @@
 //! The order is deterministic so that every replica, and every restart, makes the same
 //! choice from the same inputs: pools in `ClusterNetwork.spec.ipPools` order when that list
 //! is set (only those pools), otherwise every pool in name order; inside a pool, blocks in
-//! address order. A block is skipped when it overlaps any block already handed out (from
+//! address order. A pool that [`Overlaps`] refuses (it overlaps an older pool, the service
+//! CIDR or a node address: see [`crate::pools`]) gives no block, like a disabled one. A block is skipped when it overlaps any block already handed out (from
 //! any pool, so even overlapping pools never yield overlapping blocks) or when reserved
 //! ranges cover all of it. A block reserved only in part is handed out: the agent's IPAM
 //! skips reserved addresses itself (`node-agent/src/ipam`).
@@ -24,6 +25,7 @@ use ferrite_crds::{AllowedUse, IPPool};
 use ipnet::IpNet;
 use kube::ResourceExt;
 
+use crate::pools::{self, Overlaps};
 use crate::selector::{self, SelectorError};
 
 /// A node, as far as block choice is concerned.
@@ -231,6 +233,8 @@ pub enum Ineligible {
     Deleting,
     /// `spec.allowedUses` does not include `Pod`.
     NotForPods,
+    /// The pool is refused for an overlap; the text names what it overlaps.
+    Overlap(String),
     /// `spec.nodeSelector` does not select the node.
     NotSelected,
     /// `spec.nodeSelector` cannot be evaluated.
@@ -272,6 +276,7 @@ impl fmt::Display for PoolVerdict {
             Ineligible::NotForPods => {
                 write!(f, "pool {pool} does not allow Pod in spec.allowedUses")
             }
+            Ineligible::Overlap(what) => write!(f, "pool {pool} is refused: it {what}"),
             Ineligible::NotSelected => {
                 write!(
                     f,
@@ -324,11 +329,12 @@ impl fmt::Display for NoFreeBlock {
 ///
 /// `listed` is `ClusterNetwork.spec.ipPools`: when not empty, only those pools are used, in
 /// that order; when empty, every pool is, in name order. Disabled pools, pools being
-/// deleted, pools that do not allow `Pod` and pools whose `nodeSelector` does not select the
-/// node give no block.
+/// deleted, pools that do not allow `Pod`, pools `overlaps` refuses and pools whose
+/// `nodeSelector` does not select the node give no block.
 pub fn choose_block<'a>(
     pools: impl IntoIterator<Item = &'a IPPool>,
     listed: &[String],
+    overlaps: &Overlaps,
     taken: &TakenBlocks,
     node: NodeView<'_>,
 ) -> Result<Chosen, NoFreeBlock> {
@@ -349,7 +355,7 @@ pub fn choose_block<'a>(
 
     let mut verdicts = Vec::new();
     for (name, pool) in &order {
-        let reason = match pool.map(|p| carving_for(p, node)) {
+        let reason = match pool.map(|p| carving_for(p, overlaps, node)) {
             None => Ineligible::Missing,
             Some(Err(reason)) => reason,
             Some(Ok(carving)) => match carving.first_free(taken) {
@@ -388,7 +394,11 @@ pub fn choose_block<'a>(
 }
 
 /// The pool's carving if it may give `node` a block, or why it may not.
-pub fn carving_for(pool: &IPPool, node: NodeView<'_>) -> Result<Carving, Ineligible> {
+pub fn carving_for(
+    pool: &IPPool,
+    overlaps: &Overlaps,
+    node: NodeView<'_>,
+) -> Result<Carving, Ineligible> {
     let spec = &pool.spec;
     if pool.metadata.deletion_timestamp.is_some() {
         return Err(Ineligible::Deleting);
@@ -399,18 +409,11 @@ pub fn carving_for(pool: &IPPool, node: NodeView<'_>) -> Result<Carving, Ineligi
     if !spec.allowed_uses.contains(&AllowedUse::Pod) {
         return Err(Ineligible::NotForPods);
     }
-    let cidr = spec
-        .cidr
-        .net()
-        .map_err(|e| Ineligible::InvalidSpec(format!("spec.cidr: {e}")))?;
-    let reserved = spec
-        .reserved_ranges
-        .iter()
-        .map(|r| r.net())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Ineligible::InvalidSpec(format!("spec.reservedRanges: {e}")))?;
-    let carving = Carving::new(cidr, spec.block_size, &reserved)
-        .map_err(|e| Ineligible::InvalidSpec(e.to_string()))?;
+    let collisions = overlaps.collisions(&pool.name_any());
+    if !collisions.is_empty() {
+        return Err(Ineligible::Overlap(pools::describe(collisions)));
+    }
+    let carving = pool_carving(pool).map_err(Ineligible::InvalidSpec)?;
     if let Some(node_selector) = &spec.node_selector {
         match selector::matches(node_selector, node.labels) {
             Ok(true) => {}
@@ -419,6 +422,21 @@ pub fn carving_for(pool: &IPPool, node: NodeView<'_>) -> Result<Carving, Ineligi
         }
     }
     Ok(carving)
+}
+
+/// The pool's range, block size and reserved ranges, checked; or why they cannot be carved
+/// (the apiserver refuses all of these, so only an object written under an older schema
+/// has one).
+pub fn pool_carving(pool: &IPPool) -> Result<Carving, String> {
+    let spec = &pool.spec;
+    let cidr = spec.cidr.net().map_err(|e| format!("spec.cidr: {e}"))?;
+    let reserved = spec
+        .reserved_ranges
+        .iter()
+        .map(|r| r.net())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("spec.reservedRanges: {e}"))?;
+    Carving::new(cidr, spec.block_size, &reserved).map_err(|e| e.to_string())
 }
 
 /// A block of one NodeNetwork that overlaps a block of another.
@@ -443,7 +461,7 @@ pub fn overlaps_with_others<'a>(
         .filter(|(other, _)| *other != name)
         .flat_map(|(other, other_block)| {
             ours.iter()
-                .filter(move |block| nets_overlap(**block, other_block))
+                .filter(move |block| pools::nets_overlap(**block, other_block))
                 .map(move |block| Overlap {
                     block: *block,
                     other: other.to_owned(),
@@ -451,11 +469,6 @@ pub fn overlaps_with_others<'a>(
                 })
         })
         .collect()
-}
-
-fn nets_overlap(a: IpNet, b: IpNet) -> bool {
-    a.max_prefix_len() == b.max_prefix_len()
-        && (a.contains(&b.network()) || b.contains(&a.network()))
 }
 
 /// Disjoint inclusive address ranges (`start -> end`), merged whenever two overlap or touch.
@@ -594,7 +607,13 @@ mod tests {
     }
 
     fn choose(pools: &[IPPool], taken: &TakenBlocks) -> Result<Chosen, NoFreeBlock> {
-        choose_block(pools, &[], taken, node("node1", &no_labels()))
+        choose_block(
+            pools,
+            &[],
+            &Overlaps::none(),
+            taken,
+            node("node1", &no_labels()),
+        )
     }
 
     fn carving(cidr: &str, block: u8, reserved: &[&str]) -> Carving {
@@ -735,14 +754,27 @@ mod tests {
         ];
         let listed = ["c-pool".to_owned(), "b-pool".to_owned()];
         let labels = no_labels();
-        let chosen =
-            choose_block(&pools, &listed, &TakenBlocks::new(), node("n", &labels)).unwrap();
+        let chosen = choose_block(
+            &pools,
+            &listed,
+            &Overlaps::none(),
+            &TakenBlocks::new(),
+            node("n", &labels),
+        )
+        .unwrap();
         assert_eq!(chosen.pool, "c-pool");
 
         let full: TakenBlocks = [net("10.2.0.0/24"), net("10.3.0.0/24")]
             .into_iter()
             .collect();
-        let err = choose_block(&pools, &listed, &full, node("n", &labels)).unwrap_err();
+        let err = choose_block(
+            &pools,
+            &listed,
+            &Overlaps::none(),
+            &full,
+            node("n", &labels),
+        )
+        .unwrap_err();
         assert_eq!(
             err.pools
                 .iter()
@@ -772,7 +804,14 @@ mod tests {
     fn a_listed_pool_that_does_not_exist_is_named() {
         let listed = ["gone".to_owned()];
         let labels = no_labels();
-        let err = choose_block([], &listed, &TakenBlocks::new(), node("n", &labels)).unwrap_err();
+        let err = choose_block(
+            [],
+            &listed,
+            &Overlaps::none(),
+            &TakenBlocks::new(),
+            node("n", &labels),
+        )
+        .unwrap_err();
         assert_eq!(err.pools[0].reason, Ineligible::Missing);
         assert!(err.to_string().contains("pool gone is listed"), "{err}");
     }
@@ -802,6 +841,38 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_refused_for_an_overlap_gives_no_block_and_the_error_says_why() {
+        let pools = [
+            Pool::new("services", "10.96.0.0/16", 26).build(),
+            Pool::new("pods", "10.244.0.0/16", 26).build(),
+        ];
+        let overlaps = Overlaps::detect(&pools, Some(net("10.96.0.0/12")), &[]);
+        let labels = no_labels();
+        let chosen = choose_block(
+            &pools,
+            &[],
+            &overlaps,
+            &TakenBlocks::new(),
+            node("n", &labels),
+        )
+        .unwrap();
+        assert_eq!(chosen.pool, "pods");
+        let err = choose_block(
+            &pools[..1],
+            &[],
+            &overlaps,
+            &TakenBlocks::new(),
+            node("n", &labels),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("pool services is refused: it overlaps the service CIDR 10.96.0.0/12"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_pool_gives_blocks_only_to_nodes_its_selector_selects() {
         let pools = [
             Pool::new("zone-a", "10.1.0.0/24", 26)
@@ -812,7 +883,14 @@ mod tests {
                 .build(),
         ];
         let zone_b: BTreeMap<String, String> = [("zone".to_owned(), "b".to_owned())].into();
-        let chosen = choose_block(&pools, &[], &TakenBlocks::new(), node("n", &zone_b)).unwrap();
+        let chosen = choose_block(
+            &pools,
+            &[],
+            &Overlaps::none(),
+            &TakenBlocks::new(),
+            node("n", &zone_b),
+        )
+        .unwrap();
         assert_eq!(chosen.pool, "zone-b");
         let err = choose(&pools, &TakenBlocks::new()).unwrap_err();
         assert!(
@@ -888,7 +966,8 @@ mod tests {
         let started = Instant::now();
         for name in &names {
             let taken: TakenBlocks = assigned.iter().copied().collect();
-            let chosen = choose_block(&pools, &[], &taken, node(name, &labels)).unwrap();
+            let chosen =
+                choose_block(&pools, &[], &Overlaps::none(), &taken, node(name, &labels)).unwrap();
             assigned.push(chosen.block);
         }
         let elapsed = started.elapsed();
@@ -912,13 +991,26 @@ mod tests {
             let taken: TakenBlocks = assigned.iter().copied().collect();
             let extra = format!("extra-{i}");
             assigned.push(
-                choose_block(&pools, &[], &taken, node(&extra, &labels))
-                    .unwrap()
-                    .block,
+                choose_block(
+                    &pools,
+                    &[],
+                    &Overlaps::none(),
+                    &taken,
+                    node(&extra, &labels),
+                )
+                .unwrap()
+                .block,
             );
         }
         let taken: TakenBlocks = assigned.iter().copied().collect();
-        let err = choose_block(&pools, &[], &taken, node("one-too-many", &labels)).unwrap_err();
+        let err = choose_block(
+            &pools,
+            &[],
+            &Overlaps::none(),
+            &taken,
+            node("one-too-many", &labels),
+        )
+        .unwrap_err();
         assert!(matches!(err.pools[0].reason, Ineligible::Exhausted { .. }));
     }
 

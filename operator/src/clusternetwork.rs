@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::agentset::{self, AGENT_NAME, AgentDefaults};
+use crate::metrics::{Metrics, controllers};
 use crate::rollout::{self, AgentReport, DaemonSetView, NodeView, Observed};
 
 /// Field manager of every write of this controller.
@@ -62,14 +63,17 @@ struct Context {
     nodes: Store<Node>,
     node_networks: Store<NodeNetwork>,
     recorder: Recorder,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
     settings: Settings,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    metrics.controller_starting(controllers::CLUSTER_NETWORK);
     let shutdown = shutdown.shared();
     let (nodes, nodes_writer) = reflector::store::<Node>();
     let (node_networks, node_networks_writer) = reflector::store::<NodeNetwork>();
@@ -104,6 +108,7 @@ pub async fn run(
     let controller = {
         let shutdown = shutdown.clone();
         let client = client.clone();
+        let metrics = metrics.clone();
         async move {
             let filled = futures::future::try_join(
                 nodes.wait_until_ready(),
@@ -122,7 +127,9 @@ pub async fn run(
                 nodes,
                 node_networks,
                 recorder,
+                metrics: metrics.clone(),
             });
+            metrics.controller_running(controllers::CLUSTER_NETWORK);
             Controller::new(
                 Api::<ClusterNetwork>::all(client.clone()),
                 watcher::Config::default().fields(&format!("metadata.name={SINGLETON_NAME}")),
@@ -150,6 +157,7 @@ pub async fn run(
         () = controller => info!("ClusterNetwork controller stopped"),
         _ = caches => warn!("the Node and NodeNetwork caches stopped"),
     }
+    metrics.controller_stopped(controllers::CLUSTER_NETWORK);
 }
 
 async fn forward<K>(
@@ -284,9 +292,12 @@ async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action,
         // Deleting the ClusterNetwork: its owned objects go with it (owner references).
         return Ok(Action::await_change());
     }
+    let _timer = ctx.metrics.reconcile_timer(controllers::CLUSTER_NETWORK);
     let ds = apply_agent(&ctx, &cn).await;
     if let Err(e) = &ds {
         warn!("applying the agent's objects: {e}");
+        ctx.metrics
+            .reconcile_failed(controllers::CLUSTER_NETWORK, "apply");
     }
     let observed = observe(&ctx, &cn, ds);
     let previous = cn.status.as_ref();
@@ -337,8 +348,14 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-fn error_policy(_cn: Arc<ClusterNetwork>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(_cn: Arc<ClusterNetwork>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!("{error} (retrying in 5s)");
+    let kind = match error {
+        Error::Status(_) => "status",
+        Error::Render(_) => "render",
+    };
+    ctx.metrics
+        .reconcile_failed(controllers::CLUSTER_NETWORK, kind);
     Action::requeue(Duration::from_secs(5))
 }
 

@@ -1,10 +1,17 @@
 //! `ferrite-operator`: thin entry point; the logic lives in the library.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::Parser;
 use ferrite_operator::agentset::AgentDefaults;
 use ferrite_operator::clusternetwork;
+use ferrite_operator::metrics::{self, Metrics};
 use ferrite_operator::nodenetwork::{self, Settings};
+use ferrite_operator::{ippool, lifecycle};
+use futures::FutureExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -27,6 +34,17 @@ struct Args {
     /// This replica's name, for Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
+    /// Where /metrics (Prometheus), /healthz and /readyz are served.
+    #[arg(
+        long,
+        env = "FERRITE_OPERATOR_METRICS_ADDR",
+        default_value = "0.0.0.0:9894"
+    )]
+    metrics_addr: SocketAddr,
+    /// Seconds the agent of a deleted node may stay silent before the node's blocks are
+    /// released although it last reported addresses in use (above the agent's 60 s heartbeat).
+    #[arg(long, env = "FERRITE_OPERATOR_RELEASE_GRACE_SECONDS", default_value_t = lifecycle::DEFAULT_RELEASE_GRACE.as_secs())]
+    release_grace_seconds: u64,
 }
 
 fn default_agent_image() -> String {
@@ -60,7 +78,21 @@ impl Args {
         let client = kube::Client::try_default().await.context(
             "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
         )?;
+        let shutdown = shutdown.shared();
+        let metrics = Arc::new(Metrics::default());
+        let listener = metrics::bind(self.metrics_addr).await?;
+        info!(addr = %self.metrics_addr, "serving /metrics, /healthz and /readyz");
+        let serving = metrics::serve(listener, metrics::router(metrics.clone()), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "the metrics endpoint stopped");
+            }
+        });
         let settings = Settings {
+            concurrency: self.concurrency,
+            release_grace: Duration::from_secs(self.release_grace_seconds),
+        };
+        let pool_settings = ippool::Settings {
             concurrency: self.concurrency,
         };
         let cluster_network = clusternetwork::Settings {
@@ -70,10 +102,15 @@ impl Args {
             },
             instance: self.instance,
         };
-        let shutdown = futures::FutureExt::shared(shutdown);
         tokio::join!(
-            nodenetwork::run(client.clone(), settings, shutdown.clone()),
-            clusternetwork::run(client, cluster_network, shutdown),
+            nodenetwork::run(client.clone(), settings, metrics.clone(), shutdown.clone()),
+            ippool::run(
+                client.clone(),
+                pool_settings,
+                metrics.clone(),
+                shutdown.clone()
+            ),
+            clusternetwork::run(client, cluster_network, metrics, shutdown),
         );
         info!("ferrite-operator stopped");
         Ok(())

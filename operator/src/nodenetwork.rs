@@ -4,13 +4,21 @@
 //!
 //! Shape: [`desired_node_network`] is pure (node, current NodeNetwork, a block chooser →
 //! [`Plan`]) and carries the logic; `reconcile` reads, plans and hands the plan to `apply`,
-//! which writes. There is no cleanup and no finalizer: the ownerReference lets the garbage
-//! collector delete a NodeNetwork with its Node, which frees its blocks.
+//! which writes. There is no cleanup here: the ownerReference lets the garbage collector
+//! delete a NodeNetwork with its Node, and the finalizer [`crate::release::FINALIZER`]
+//! (set at creation) keeps it, and its blocks taken, until nothing on the node uses them;
+//! [`crate::release`] decides when, as a second controller this module starts.
 //!
-//! Inputs: Nodes drive the controller; owned NodeNetworks trigger their Node; a change to an
-//! IPPool's or the ClusterNetwork's spec reconciles every Node (a node without a block may
-//! now get one). IPPools, the ClusterNetwork and all NodeNetworks are also cached, for the
-//! block choice. Nothing here writes an IPPool or a ClusterNetwork.
+//! Lifecycle: a new node gets one block; a node whose agent reports its blocks nearly full
+//! (`status.blocks`) gets another ([`lifecycle::growth`]); blocks are never taken from a
+//! live node. Pools that are disabled, being deleted, or refused for an overlap
+//! ([`crate::pools::Overlaps`], the IPPool controller's own rule) give no new block.
+//!
+//! Inputs: Nodes drive the controller; owned NodeNetworks (their agents' reports too)
+//! trigger their Node; a change to an IPPool's or the ClusterNetwork's spec reconciles every
+//! Node (a node without a block may now get one). IPPools, the ClusterNetwork, all
+//! NodeNetworks and all Nodes (their addresses, for overlaps) are also cached, for the block
+//! choice. Nothing here writes an IPPool or a ClusterNetwork.
 //!
 //! # Never one block for two nodes
 //!
@@ -41,8 +49,10 @@ use futures::{FutureExt, Stream, StreamExt};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -51,6 +61,10 @@ use tracing::{debug, info, warn};
 
 use crate::blocks::{self, Chosen, NoFreeBlock, NodeView, TakenBlocks};
 use crate::claims::Claims;
+use crate::lifecycle::{self, Growth};
+use crate::metrics::{Metrics, controllers};
+use crate::pools::{NodeAddresses, Overlaps};
+use crate::release;
 
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "ferrite-operator";
@@ -119,7 +133,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// A short, stable name for logs (and, with issue 5, a metrics label).
+    /// A short, stable name for logs and the `kind` label of the error metric.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Kube { .. } => "kube",
@@ -167,7 +181,7 @@ pub enum Plan {
     Update {
         /// The NodeNetwork as it should be.
         object: NodeNetwork,
-        /// The block added, if the NodeNetwork had none.
+        /// The block added: the NodeNetwork had none, or its blocks are nearly full.
         claimed: Option<Chosen>,
     },
 }
@@ -176,8 +190,10 @@ pub enum Plan {
 ///
 /// Existing blocks are kept, whatever pool they came from and even if that pool is now
 /// disabled: running pods hold addresses in them. `choose` is called only when the node
-/// has no block, for one block; it is [`blocks::choose_block`] over the pools and every
-/// block handed out.
+/// has no block, or its agent reports its blocks nearly full ([`lifecycle::growth`]), for
+/// one block; it is [`blocks::choose_block`] over the pools and every block handed out.
+/// A node that needs another block while no pool has one still gets its other changes
+/// written; the next reconcile asks again (and fails with [`Error::NoFreeBlock`]).
 pub fn desired_node_network(
     node: &Node,
     current: Option<&NodeNetwork>,
@@ -210,6 +226,7 @@ pub fn desired_node_network(
             },
         );
         object.metadata.owner_references = Some(vec![owner]);
+        object.metadata.finalizers = Some(vec![release::FINALIZER.to_owned()]);
         return Ok(Plan::Create { object, claimed });
     };
 
@@ -220,13 +237,29 @@ pub fn desired_node_network(
         tunnel_endpoint: current.spec.tunnel_endpoint.clone(),
         blocks: current.spec.blocks.clone(),
     };
+    let changed = spec != current.spec || owner_references.as_slice() != current.owner_references();
+    let reported = current
+        .status
+        .as_ref()
+        .map_or(&[][..], |s| s.blocks.as_slice());
+    let wants_block = spec.blocks.is_empty()
+        || matches!(
+            lifecycle::growth(&spec.blocks, reported),
+            Growth::Needed { .. }
+        );
     let mut claimed = None;
-    if spec.blocks.is_empty() {
-        let chosen = choose(view)?;
-        spec.blocks.push(Cidr::from(chosen.block));
-        claimed = Some(chosen);
+    if wants_block {
+        match choose(view) {
+            Ok(chosen) => {
+                spec.blocks.push(Cidr::from(chosen.block));
+                claimed = Some(chosen);
+            }
+            Err(err) if spec.blocks.is_empty() || !changed => return Err(err.into()),
+            // The other changes are written first; the next reconcile asks again.
+            Err(_) => {}
+        }
     }
-    if spec == current.spec && owner_references.as_slice() == current.owner_references() {
+    if claimed.is_none() && !changed {
         return Ok(Plan::UpToDate);
     }
     let mut object = current.clone();
@@ -324,22 +357,54 @@ pub struct Settings {
     /// How many nodes are reconciled at once (0: no limit). Block choices are serialized
     /// regardless; this bounds the requests in flight to the apiserver.
     pub concurrency: u16,
+    /// How long the agent of a deleted NodeNetwork may stay silent before its blocks are
+    /// released although it last reported addresses in use
+    /// ([`lifecycle::DEFAULT_RELEASE_GRACE`]; keep it above the agent's 60 s heartbeat).
+    pub release_grace: Duration,
 }
 
-/// Runs the controller until `shutdown` resolves, then lets running reconciles finish.
+/// Runs the controller, and the release controller ([`crate::release`]) whose NodeNetwork
+/// cache it shares, until `shutdown` resolves; then lets running reconciles finish.
 ///
-/// The caches of IPPools, the ClusterNetwork and NodeNetworks are filled first: no block is
-/// chosen before every block already handed out is known. If a cache cannot list (the CRDs
-/// are not installed, or RBAC forbids it), this waits and logs why.
+/// The caches of IPPools, the ClusterNetwork and NodeNetworks are filled first (Nodes before
+/// the first reconcile): no block is chosen before every block already handed out is known.
+/// If a cache cannot list (the CRDs are not installed, or RBAC forbids it), this waits and
+/// logs why; `/readyz` says the controller is not running meanwhile.
 pub async fn run(
     client: Client,
     settings: Settings,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    metrics.controller_starting(controllers::NODE_NETWORK);
+    metrics.controller_starting(controllers::NODE_NETWORK_RELEASE);
     let shutdown = shutdown.shared();
+    let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
     let (pools, pools_writer) = reflector::store::<IPPool>();
     let (cluster_networks, cluster_networks_writer) = reflector::store::<ClusterNetwork>();
-    let (node_networks, node_networks_writer) = reflector::store::<NodeNetwork>();
+    // The release controller's cache of every NodeNetwork is the block choice's, too.
+    let release_controller = Controller::new(
+        Api::<NodeNetwork>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone());
+    let node_networks = release_controller.store();
+    let release_context = Arc::new(release::Context {
+        api: Api::all(client.clone()),
+        grace: settings.release_grace,
+        now: Timestamp::now,
+        recorder: recorder.clone(),
+        metrics: metrics.clone(),
+    });
+    let releasing = {
+        let metrics = metrics.clone();
+        async move {
+            metrics.controller_running(controllers::NODE_NETWORK_RELEASE);
+            release::drive(release_controller, release_context).await;
+            metrics.controller_stopped(controllers::NODE_NETWORK_RELEASE);
+            info!("NodeNetwork release controller stopped");
+        }
+    };
     // A spec change to a pool or the ClusterNetwork reconciles every node.
     let (spec_changed, spec_changes) = mpsc::unbounded::<()>();
 
@@ -359,21 +424,14 @@ pub async fn run(
     .reflect(cluster_networks_writer)
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
-    let node_network_events = watcher(
-        Api::<NodeNetwork>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(node_networks_writer)
-    .applied_objects();
-    let caches = futures::future::join3(
-        forward("IPPool", pool_events, Some(spec_changed.clone())),
-        forward("ClusterNetwork", cluster_network_events, Some(spec_changed)),
-        forward("NodeNetwork", node_network_events, None),
+    let caches = futures::future::join(
+        forward("IPPool", pool_events, spec_changed.clone()),
+        forward("ClusterNetwork", cluster_network_events, spec_changed),
     );
 
     let controller = {
         let shutdown = shutdown.clone();
+        let metrics = metrics.clone();
         async move {
             info!("filling the IPPool, ClusterNetwork and NodeNetwork caches");
             let filled = futures::future::try_join3(
@@ -393,14 +451,21 @@ pub async fn run(
                 node_networks = node_networks.len(),
                 "caches filled; reconciling nodes"
             );
+            let controller =
+                Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default());
             let context = Arc::new(Context {
                 api: Api::all(client.clone()),
                 pools,
                 cluster_networks,
                 node_networks,
+                // Filled before the first reconcile: the controller waits for its cache.
+                nodes: controller.store(),
                 claims: Mutex::new(Claims::new()),
+                recorder,
+                metrics: metrics.clone(),
             });
-            Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default())
+            metrics.controller_running(controllers::NODE_NETWORK);
+            controller
                 .owns(Api::<NodeNetwork>::all(client), watcher::Config::default())
                 .reconcile_all_on(spec_changes)
                 .with_config(controller::Config::default().concurrency(settings.concurrency))
@@ -413,26 +478,27 @@ pub async fn run(
                 .await;
         }
     };
-    // The caches never finish on their own; they stop when the controller has.
+    // The caches never finish on their own; they stop when the controllers have.
+    let running = futures::future::join(controller, releasing);
     tokio::select! {
-        () = controller => info!("controller stopped"),
+        _ = running => info!("NodeNetwork controller stopped"),
         _ = caches => warn!("the caches stopped"),
     }
+    metrics.controller_stopped(controllers::NODE_NETWORK);
+    metrics.controller_stopped(controllers::NODE_NETWORK_RELEASE);
 }
 
 /// Drives a cache's watch, logging its errors, and signals `changed` on every event.
 async fn forward<K>(
     kind: &'static str,
     events: impl Stream<Item = Result<K, watcher::Error>>,
-    changed: Option<mpsc::UnboundedSender<()>>,
+    changed: mpsc::UnboundedSender<()>,
 ) {
     events
         .for_each(|event| {
             match event {
                 Ok(_) => {
-                    if let Some(changed) = &changed
-                        && changed.unbounded_send(()).is_err()
-                    {
+                    if changed.unbounded_send(()).is_err() {
                         debug!(kind, "controller stopped; change not forwarded");
                     }
                 }
@@ -466,8 +532,12 @@ struct Context {
     pools: Store<IPPool>,
     cluster_networks: Store<ClusterNetwork>,
     node_networks: Store<NodeNetwork>,
+    /// Every Node, for the addresses no pool may contain.
+    nodes: Store<Node>,
     /// Held across a whole block choice: see the module docs.
     claims: Mutex<Claims>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -488,13 +558,27 @@ impl Context {
             .flat_map(|nn| parsed_blocks(nn).collect::<Vec<_>>())
             .collect();
         taken.extend(claims.blocks());
-        let listed = self
-            .cluster_networks
-            .get(&ObjectRef::new(SINGLETON_NAME))
+        let cluster_network = self.cluster_networks.get(&ObjectRef::new(SINGLETON_NAME));
+        let listed = cluster_network
+            .as_ref()
             .map(|cn| cn.spec.ip_pools.clone())
             .unwrap_or_default();
+        let service_cidr = cluster_network.and_then(|cn| cn.spec.service_cidr.net().ok());
+        let nodes: Vec<NodeAddresses> = self
+            .nodes
+            .state()
+            .iter()
+            .map(|n| NodeAddresses::of(n))
+            .collect();
         let pools = self.pools.state();
-        let chosen = blocks::choose_block(pools.iter().map(Arc::as_ref), &listed, &taken, node)?;
+        let overlaps = Overlaps::detect(pools.iter().map(Arc::as_ref), service_cidr, &nodes);
+        let chosen = blocks::choose_block(
+            pools.iter().map(Arc::as_ref),
+            &listed,
+            &overlaps,
+            &taken,
+            node,
+        )?;
         claims.claim(chosen.block, node.name);
         Ok(chosen)
     }
@@ -537,6 +621,34 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Counts a block added to `nn` and records an Event on it; a failed Event is logged.
+    async fn block_added(&self, nn: &NodeNetwork, chosen: &Chosen) {
+        self.metrics.block_added();
+        let why = if nn.spec.blocks.len() > 1 {
+            "its blocks were nearly full"
+        } else {
+            "its first block"
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "BlockAdded".to_owned(),
+            note: Some(format!(
+                "block {} of pool {} assigned to node {} ({why}); it holds {} block(s)",
+                chosen.block,
+                chosen.pool,
+                nn.name_any(),
+                nn.spec.blocks.len()
+            )),
+            action: "Assign".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &nn.object_ref(&())).await {
+            warn!(node = %nn.name_any(), %error, "cannot record an Event (RBAC: events.k8s.io events create, patch)");
+        }
+    }
+}
+
 /// The blocks of `nn` that parse; the others are logged and ignored (the apiserver refuses
 /// them, so only an object written under an older schema has one).
 fn parsed_blocks(nn: &NodeNetwork) -> impl Iterator<Item = IpNet> + '_ {
@@ -553,6 +665,7 @@ fn parsed_blocks(nn: &NodeNetwork) -> impl Iterator<Item = IpNet> + '_ {
 }
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer(controllers::NODE_NETWORK);
     let name = node.name_any();
     let current = ctx.api.get_opt(&name).await.map_err(|source| Error::Kube {
         verb: "read",
@@ -582,8 +695,9 @@ async fn apply(ctx: &Context, name: String, plan: Plan) -> Result<Action> {
             let written = ctx.api.create(&post, &object).await;
             ctx.settle(&claimed, &name, &written);
             match written {
-                Ok(_) => {
+                Ok(created) => {
                     info!(node = %name, block = %claimed.block, pool = %claimed.pool, "created NodeNetwork with a pod address block");
+                    ctx.block_added(&created, &claimed).await;
                     Ok(Action::requeue(RESYNC))
                 }
                 Err(kube::Error::Api(status)) if status.is_already_exists() => {
@@ -603,10 +717,11 @@ async fn apply(ctx: &Context, name: String, plan: Plan) -> Result<Action> {
                 ctx.settle(claimed, &name, &written);
             }
             match written {
-                Ok(_) => {
+                Ok(updated) => {
                     match &claimed {
                         Some(c) => {
-                            info!(node = %name, block = %c.block, pool = %c.pool, "added a pod address block to NodeNetwork");
+                            info!(node = %name, block = %c.block, pool = %c.pool, blocks = updated.spec.blocks.len(), "added a pod address block to NodeNetwork");
+                            ctx.block_added(&updated, c).await;
                         }
                         None => {
                             info!(node = %name, node_ip = %object.spec.node_ip, "updated NodeNetwork");
@@ -627,9 +742,11 @@ async fn apply(ctx: &Context, name: String, plan: Plan) -> Result<Action> {
     }
 }
 
-fn error_policy(node: Arc<Node>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(node: Arc<Node>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = node.name_any();
     let label = error.label();
+    ctx.metrics
+        .reconcile_failed(controllers::NODE_NETWORK, label);
     match error {
         Error::Conflict { .. } => debug!(node = %name, error = label, "{error}"),
         Error::NoNodeAddress { .. } => info!(node = %name, error = label, "{error}"),
@@ -746,7 +863,7 @@ mod tests {
         pools: &'a [IPPool],
         taken: &'a TakenBlocks,
     ) -> impl FnOnce(NodeView<'_>) -> Result<Chosen, NoFreeBlock> + 'a {
-        move |node| blocks::choose_block(pools, &[], taken, node)
+        move |node| blocks::choose_block(pools, &[], &Overlaps::none(), taken, node)
     }
 
     /// A chooser for plans that must not choose.
@@ -773,6 +890,7 @@ mod tests {
         assert_eq!(object.spec.node_ip, IpAddress("172.30.0.11".into()));
         assert_eq!(object.spec.blocks, [Cidr("10.244.0.64/26".into())]);
         assert_eq!(object.spec.tunnel_endpoint, None);
+        assert_eq!(object.finalizers(), [release::FINALIZER]);
         assert_eq!(
             claimed,
             Chosen {
@@ -855,6 +973,90 @@ mod tests {
         };
         assert_eq!(object.spec.blocks, [Cidr("10.244.0.0/26".into())]);
         assert_eq!(claimed.map(|c| c.block), Some(net("10.244.0.0/26")));
+    }
+
+    /// `nn` with its agent reporting `(block, allocated, capacity)`.
+    fn reporting(mut nn: NodeNetwork, reported: &[(&str, u32, u32)]) -> NodeNetwork {
+        nn.status = Some(ferrite_crds::NodeNetworkStatus {
+            blocks: reported
+                .iter()
+                .map(|(cidr, allocated, capacity)| ferrite_crds::BlockUsage {
+                    cidr: Cidr((*cidr).into()),
+                    allocated: *allocated,
+                    capacity: *capacity,
+                })
+                .collect(),
+            ..ferrite_crds::NodeNetworkStatus::default()
+        });
+        nn
+    }
+
+    #[test]
+    fn a_node_whose_blocks_are_nearly_full_gets_another() {
+        let node = TestNode::new("node1").internal_ip("172.30.0.11").build();
+        let nn = reporting(
+            current(&node, "172.30.0.11", &["10.244.0.0/26"]),
+            &[("10.244.0.0/26", 55, 62)],
+        );
+        let pools = default_pool();
+        let taken: TakenBlocks = [net("10.244.0.0/26")].into_iter().collect();
+        let Plan::Update { object, claimed } =
+            desired_node_network(&node, Some(&nn), from_pools(&pools, &taken)).unwrap()
+        else {
+            panic!("expected an update");
+        };
+        assert_eq!(
+            object.spec.blocks,
+            [Cidr("10.244.0.0/26".into()), Cidr("10.244.0.64/26".into())]
+        );
+        assert_eq!(claimed.map(|c| c.block), Some(net("10.244.0.64/26")));
+        assert_eq!(object.metadata.resource_version.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn a_node_with_room_to_spare_or_an_unreported_block_gets_none() {
+        let node = TestNode::new("node1").internal_ip("172.30.0.11").build();
+        let roomy = reporting(
+            current(&node, "172.30.0.11", &["10.244.0.0/26"]),
+            &[("10.244.0.0/26", 54, 62)],
+        );
+        assert!(matches!(
+            desired_node_network(&node, Some(&roomy), never).unwrap(),
+            Plan::UpToDate
+        ));
+        // Full, but the block added last has not been reported yet.
+        let waiting = reporting(
+            current(&node, "172.30.0.11", &["10.244.0.0/26", "10.244.0.64/26"]),
+            &[("10.244.0.0/26", 62, 62)],
+        );
+        assert!(matches!(
+            desired_node_network(&node, Some(&waiting), never).unwrap(),
+            Plan::UpToDate
+        ));
+    }
+
+    #[test]
+    fn a_full_node_with_no_free_block_anywhere_still_gets_its_other_changes() {
+        let node = TestNode::new("node1").internal_ip("172.30.0.99").build();
+        let pools = default_pool();
+        let taken: TakenBlocks = [net("10.244.0.0/16")].into_iter().collect();
+        let full = reporting(
+            current(&node, "172.30.0.11", &["10.244.0.0/26"]),
+            &[("10.244.0.0/26", 62, 62)],
+        );
+        let Plan::Update { object, claimed } =
+            desired_node_network(&node, Some(&full), from_pools(&pools, &taken)).unwrap()
+        else {
+            panic!("expected an update");
+        };
+        assert_eq!(claimed, None);
+        assert_eq!(object.spec.node_ip, IpAddress("172.30.0.99".into()));
+        // Once the address is written, the missing block is an error that names the pool.
+        let mut written = full;
+        written.spec.node_ip = IpAddress("172.30.0.99".into());
+        let err =
+            desired_node_network(&node, Some(&written), from_pools(&pools, &taken)).unwrap_err();
+        assert!(matches!(err, Error::NoFreeBlock(_)), "{err}");
     }
 
     #[test]
@@ -987,6 +1189,140 @@ mod tests {
             update_patch(&unversioned),
             Err(Error::Unversioned { .. })
         ));
+    }
+
+    /// The controller's context over caches holding `pools`, `node_networks` and `nodes`.
+    fn context(
+        server: &crate::testing::ApiServer,
+        pools: Vec<IPPool>,
+        node_networks: Vec<NodeNetwork>,
+        nodes: Vec<Node>,
+    ) -> Arc<Context> {
+        use crate::testing::store;
+        let client = server.client();
+        Arc::new(Context {
+            api: Api::all(client.clone()),
+            pools: store(pools),
+            cluster_networks: store(vec![]),
+            node_networks: store(node_networks),
+            nodes: store(nodes),
+            claims: Mutex::new(Claims::new()),
+            recorder: Recorder::new(client, Reporter::from("ferrite-operator-test")),
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    const NODE1: &str = "/apis/ferrite.dev/v1alpha1/nodenetworks/node1";
+
+    #[tokio::test]
+    async fn a_nearly_full_node_gets_a_block_by_a_versioned_merge_patch_and_an_event() {
+        use crate::testing::{ApiServer, Reply};
+        let node = TestNode::new("node1").internal_ip("172.30.0.11").build();
+        let nn = reporting(
+            current(&node, "172.30.0.11", &["10.244.0.0/26"]),
+            &[("10.244.0.0/26", 60, 62)],
+        );
+        let mut grown = nn.clone();
+        grown.spec.blocks.push(Cidr("10.244.0.64/26".into()));
+        let server = ApiServer::new()
+            .expect(
+                "GET",
+                NODE1,
+                Reply::Json(200, serde_json::to_value(&nn).unwrap()),
+            )
+            .expect(
+                "PATCH",
+                NODE1,
+                Reply::Json(200, serde_json::to_value(&grown).unwrap()),
+            )
+            .expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                Reply::Echo(201),
+            );
+        let ctx = context(&server, default_pool(), vec![nn], vec![node.clone()]);
+
+        let action = reconcile(Arc::new(node), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(RESYNC));
+        let seen = server.done();
+        assert_eq!(
+            seen[1].content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(seen[1].body["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            seen[1].body["spec"]["blocks"],
+            serde_json::json!(["10.244.0.0/26", "10.244.0.64/26"])
+        );
+        assert_eq!(seen[2].body["reason"], "BlockAdded");
+        assert!(
+            seen[2].body["note"]
+                .as_str()
+                .unwrap()
+                .contains("block 10.244.0.64/26 of pool default-ipv4"),
+            "{}",
+            seen[2].body
+        );
+        // The block stays claimed until the cache shows it.
+        assert_eq!(ctx.claims.lock().unwrap().len(), 1);
+        assert!(
+            ctx.metrics
+                .encode()
+                .contains("ferrite_operator_node_blocks_added_total 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_refused_for_a_conflict_drops_its_claim_and_is_retried() {
+        use crate::testing::{ApiServer, Reply};
+        let node = TestNode::new("node1").internal_ip("172.30.0.11").build();
+        let nn = current(&node, "172.30.0.11", &[]);
+        let server = ApiServer::new()
+            .expect(
+                "GET",
+                NODE1,
+                Reply::Json(200, serde_json::to_value(&nn).unwrap()),
+            )
+            .expect(
+                "PATCH",
+                NODE1,
+                Reply::Status(409, "the object has been modified"),
+            );
+        let ctx = context(&server, default_pool(), vec![nn], vec![node.clone()]);
+
+        let err = reconcile(Arc::new(node.clone()), ctx.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict { .. }), "{err}");
+        assert!(ctx.claims.lock().unwrap().is_empty());
+        assert_eq!(
+            error_policy(Arc::new(node), &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(1))
+        );
+        assert!(ctx.metrics.encode().contains(
+            r#"ferrite_operator_reconcile_errors_total{controller="nodenetwork",kind="conflict"} 1"#
+        ));
+        server.done();
+    }
+
+    #[tokio::test]
+    async fn a_pool_holding_a_node_address_gives_no_block_and_nothing_is_written() {
+        use crate::testing::{ApiServer, Reply};
+        // The node's own address lies in the only pool: the overlap rule refuses the pool.
+        let node = TestNode::new("node1").internal_ip("10.244.7.7").build();
+        let server =
+            ApiServer::new().expect("GET", NODE1, Reply::Status(404, "nodenetworks not found"));
+        let ctx = context(&server, default_pool(), vec![], vec![node.clone()]);
+
+        let err = reconcile(Arc::new(node), ctx).await.unwrap_err();
+        assert!(matches!(err, Error::NoFreeBlock(_)), "{err}");
+        assert!(
+            err.to_string().contains(
+                "pool default-ipv4 is refused: it overlaps the address of node node1 (10.244.7.7)"
+            ),
+            "{err}"
+        );
+        server.done();
     }
 
     #[test]

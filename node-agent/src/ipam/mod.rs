@@ -59,6 +59,46 @@ pub struct State {
     pub last: Option<IpAddr>,
 }
 
+/// Address use in one block: what the agent reports in its NodeNetwork's `status.blocks`,
+/// from which the operator decides when the node needs another block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockUse {
+    /// The block.
+    pub cidr: IpNet,
+    /// Addresses of the block held by pods.
+    pub allocated: u32,
+    /// Addresses of the block pods may get (reserved ranges and skipped addresses excluded).
+    pub capacity: u32,
+}
+
+/// The use of each of `blocks`, in their order: allocations inside the block, and the
+/// addresses it can hand out outside `reserved`. Allocations outside every block (a block
+/// taken away while a pod still holds an address of it) count nowhere.
+pub fn block_usage(
+    blocks: &[Block],
+    reserved: &[IpNet],
+    allocations: &BTreeMap<IpAddr, Allocation>,
+) -> Vec<BlockUse> {
+    blocks
+        .iter()
+        .map(|block| {
+            let (first, last) = match block.cidr {
+                IpNet::V4(n) => (IpAddr::V4(n.network()), IpAddr::V4(n.broadcast())),
+                IpNet::V6(n) => (IpAddr::V6(n.network()), IpAddr::V6(n.broadcast())),
+            };
+            let allocated = allocations.range(first..=last).count();
+            let capacity = usable(block.cidr)
+                .filter(|ip| !reserved.iter().any(|r| r.contains(ip)))
+                .count();
+            BlockUse {
+                cidr: block.cidr,
+                allocated: u32::try_from(allocated).unwrap_or(u32::MAX),
+                capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            }
+        })
+        .collect()
+}
+
 /// Why an allocation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -123,6 +163,11 @@ impl<S: Store> Allocator<S> {
     /// How many addresses the blocks can hand out (reserved ranges excluded).
     pub fn capacity(&self) -> usize {
         self.candidates().count()
+    }
+
+    /// Address use per block, for the NodeNetwork's status.
+    pub fn usage(&self) -> Vec<BlockUse> {
+        block_usage(&self.blocks, &self.reserved, &self.state.allocations)
     }
 
     /// The address of `owner`, allocating one if it has none. Persisted before it is returned.
@@ -381,6 +426,65 @@ mod tests {
             a.allocate(&owner("a"), None).unwrap().to_string(),
             "fd00:10:244::1"
         );
+    }
+
+    #[test]
+    fn usage_counts_each_blocks_allocations_and_what_it_can_hand_out() {
+        // /29: 8 addresses, .0 and .7 skipped, .0-.3 reserved in the first block.
+        let mut a = allocator(&["10.244.0.0/29", "10.244.0.8/29"], &["10.244.0.0/30"]);
+        for id in ["a", "b", "c", "d"] {
+            a.allocate(&owner(id), None).unwrap();
+        }
+        let cidr = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(
+            a.usage(),
+            [
+                BlockUse {
+                    cidr: cidr("10.244.0.0/29"),
+                    allocated: 3,
+                    capacity: 3
+                },
+                BlockUse {
+                    cidr: cidr("10.244.0.8/29"),
+                    allocated: 1,
+                    capacity: 6
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn usage_leaves_out_addresses_of_blocks_the_node_no_longer_has() {
+        let allocations: BTreeMap<IpAddr, Allocation> = ["10.244.0.1", "10.9.0.1", "fd00::1"]
+            .into_iter()
+            .map(|ip| {
+                (
+                    ip.parse().unwrap(),
+                    Allocation {
+                        owner: owner(ip),
+                        pod: None,
+                    },
+                )
+            })
+            .collect();
+        let usage = block_usage(
+            &[block("10.244.0.0/26"), block("fd00::/122")],
+            &[],
+            &allocations,
+        );
+        assert_eq!(
+            usage
+                .iter()
+                .map(|u| (u.allocated, u.capacity))
+                .collect::<Vec<_>>(),
+            // IPv4: 64 less network and broadcast; IPv6: 64 less the subnet-router anycast.
+            [(1, 62), (1, 63)]
+        );
+    }
+
+    #[test]
+    fn a_node_without_blocks_reports_no_usage() {
+        assert!(allocator(&[], &[]).usage().is_empty());
     }
 
     #[test]
