@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 /// One disruptive test at a time, even under `--test-threads=3`.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// The agent's health port (deploy/ferrite.yaml).
+/// The agent's health port (the agent's DaemonSet: deploy/agent.yaml).
 const AGENT_PORT: u16 = 9893;
 
 /// Whether the ferrite.vxlan device exists on `node`.
