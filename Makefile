@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help up down status test rust lint unit crds crds-check e2e smoke bench conformance
+.PHONY: help up down status test rust lint unit crds crds-check chart-check e2e smoke bench conformance
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -17,7 +17,7 @@ down: ## remove everything `make up` created
 status: ## show the local cluster
 	@e2e/scripts/status.sh
 
-test: lint unit crds-check smoke ## everything CI runs
+test: lint unit crds-check chart-check smoke ## everything CI runs
 	@echo "make test: all checks passed"
 
 rust: ## make sure the pinned Rust toolchain is usable
@@ -35,6 +35,9 @@ crds: rust ## regenerate crds/yaml, the chart's CRDs and docs/crds.md from the R
 
 crds-check: rust ## fail when the generated CRDs or docs are stale
 	$(CARGO) xtask crds --check
+
+chart-check: ## helm lint --strict and render the chart with each values file; bad values must be refused (builds Helm once)
+	scripts/chart-check.sh
 
 e2e: ## the e2e tests against the running local cluster (make up first)
 	$(CARGO) test --locked -p ferrite-e2e -- --ignored --test-threads=3

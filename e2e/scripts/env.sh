@@ -12,6 +12,7 @@ source "$E2E/scripts/versions.env"
 : "${CLUSTER_CIDR:=10.244.0.0/16}"
 : "${FERRITE_CNI:=ferrite}"                  # ferrite | reference (bridge + host-local, for comparison)
 : "${FERRITE_ROUTING:=VXLAN}"                # ClusterNetwork routingMode with FERRITE_CNI=ferrite: VXLAN | Native
+: "${FERRITE_OPERATOR_REPLICAS:=1}"          # 1 until the operator elects a leader (issue 5); the chart's default is 2
 : "${FERRITE_PROXY:=kube-proxy}"             # kube-proxy (nftables mode) | ferrite (once it exists)
 : "${KUBE_PROXY_MODE:=nftables}"
 : "${SANDBOX_IMAGE:=registry.k8s.io/pause:3.10.1}"
@@ -24,8 +25,10 @@ node_ns() { echo "${NS_PREFIX}node$1"; }
 node_ip() { echo "$NET.$((10 + $1))"; }
 INET_NS=${NS_PREFIX}internet INET_VETH=${NS_PREFIX}inet0   # link names: at most 15 characters
 CGROUP_PREFIX=ferrite-node
-BIN_KEY="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-coredns-$COREDNS_VERSION-$(go env GOVERSION 2>/dev/null || echo nogo)"
+GO_VERSION=$(go env GOVERSION 2>/dev/null || echo nogo)
+BIN_KEY="k8s-$K8S_VERSION-etcd-$ETCD_VERSION-coredns-$COREDNS_VERSION-$GO_VERSION"
 BIN=$FERRITE_CACHE/k8s/$BIN_KEY/bin
+HELM=$FERRITE_CACHE/helm/helm-$HELM_VERSION-$GO_VERSION/bin/helm   # built by build-helm.sh
 IMAGES=$FERRITE_CACHE/images
 # Host sysctls the cluster changes: ours, and those kubelet sets on start (it is not told
 # protectKernelDefaults). Saved before the first start, restored by cluster-down.sh.
@@ -40,3 +43,6 @@ cluster_running() {
   cluster_address_is_local && [ -f "$KUBECONFIG_ADMIN" ] && [ -x "$BIN/kubectl" ] && kc get --raw /readyz >/dev/null 2>&1
 }
 kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+# Helm keeps its cache, configuration and data under .ferrite/helm, never under $HOME.
+export HELM_CACHE_HOME=$STATE/helm/cache HELM_CONFIG_HOME=$STATE/helm/config HELM_DATA_HOME=$STATE/helm/data
+hc() { "$HELM" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }

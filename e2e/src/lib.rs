@@ -7,6 +7,8 @@
 //!   [`TestNamespace::exec`] runs commands in them, [`TestNamespace::connect`] wraps
 //!   `agnhost connect`.
 //! - [`wait_for`] polls with a timeout and says what it was waiting for, and what it last saw.
+//! - [`tool`] runs the cluster's pinned `kubectl` or `helm` for what kube-rs does not do
+//!   (rendering the chart, `kubectl diff`).
 //!
 //! The tests that need the cluster are `#[ignore]`d with the reason, so `cargo test` reports them
 //! as ignored; `make e2e` runs them with `--ignored` against the running cluster.
@@ -39,6 +41,75 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The kubeconfig the tests use: `$KUBECONFIG`, else the repository's `.ferrite/kubeconfig`.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".ferrite/kubeconfig"))
+}
+
+/// What a command printed, and its exit code.
+#[derive(Debug)]
+pub struct ToolOutput {
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// The exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+}
+
+/// Runs the local cluster's pinned `kubectl` or `helm` (through `e2e/scripts/tool.sh`, against
+/// [`kubeconfig_path`]) with `args`, `stdin` fed to it. Returns whatever it printed, even when it
+/// failed: the caller decides what an exit code means. Connect with [`Cluster::connect`]
+/// first, which refuses a cluster that is not on this machine.
+pub fn tool(tool: &str, args: &[&str], stdin: &str) -> Result<ToolOutput> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let script = repo_root().join("e2e/scripts/tool.sh");
+    let mut child = Command::new(&script)
+        .arg(tool)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} {tool}", script.display()))?;
+    // NB: written from another thread: a large stdin and a large stdout would otherwise wait
+    // on each other.
+    let mut pipe = child.stdin.take().context("the child's stdin")?;
+    let input = stdin.to_owned();
+    let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {tool} {args:?}"))?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread writing {tool}'s stdin panicked"))?
+        .with_context(|| format!("writing the stdin of {tool} {args:?}"))?;
+    Ok(ToolOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+    })
+}
+
+/// Like [`tool`], but fails (with what it printed) unless it exits 0; returns its stdout.
+pub fn tool_ok(name: &str, args: &[&str], stdin: &str) -> Result<String> {
+    let out = tool(name, args, stdin)?;
+    if out.code != Some(0) {
+        bail!(
+            "{name} {} exited with {:?}:\n{}{}",
+            args.join(" "),
+            out.code,
+            out.stdout,
+            out.stderr
+        );
+    }
+    Ok(out.stdout)
+}
+
 /// A connection to the local cluster.
 #[derive(Clone)]
 pub struct Cluster {
@@ -49,9 +120,7 @@ pub struct Cluster {
 impl Cluster {
     /// Connects with `$KUBECONFIG`, else the repository's `.ferrite/kubeconfig`.
     pub async fn connect() -> Result<Self> {
-        let path = std::env::var_os("KUBECONFIG")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join(".ferrite/kubeconfig"));
+        let path = kubeconfig_path();
         let kubeconfig = Kubeconfig::read_from(&path).with_context(|| {
             format!(
                 "no kubeconfig at {}: start the cluster with `make up`",

@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 /// One disruptive test at a time, even under `--test-threads=3`.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// The agent's health port (deploy/ferrite.yaml).
+/// The agent's health port (rendered by the operator: operator/src/agentset.rs).
 const AGENT_PORT: u16 = 9893;
 
 /// Whether the ferrite.vxlan device exists on `node`.

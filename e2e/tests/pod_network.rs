@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
 /// The outside host (e2e/scripts/env.sh).
 const INTERNET_HOST: &str = "198.51.100.10";
-/// The agent's health and metrics port (deploy/ferrite.yaml).
+/// The agent's health and metrics port (rendered by the operator: operator/src/agentset.rs).
 const AGENT_PORT: u16 = 9893;
 
 /// Each node's InternalIP, by node name.
