@@ -5,24 +5,35 @@
 //!
 //! Status: the NodeNetwork controller (one NodeNetwork per Node, with its address and at
 //! least one pod address block) is implemented: [`nodenetwork`] over the pure [`blocks`]
-//! and [`selector`]. Pool conditions and usage, finalizers, the agent DaemonSet and leader
-//! election arrive with issue 5.
+//! and [`selector`]; [`controllers`] starts every controller together, and [`leader`] runs
+//! them only in the process that holds the Lease. Pool conditions and usage, finalizers and
+//! the agent DaemonSet arrive with issue 5.
 //!
 //! # Running it
 //!
-//! - One replica, rolled out with `strategy: Recreate`, until issue 5 adds leader election:
-//!   block choice is single-writer (see [`nodenetwork`]).
+//! - Any number of replicas: only the leader (the holder of Lease `ferrite-operator` in the
+//!   operator's namespace) runs the controllers, so block choice stays single-writer (see
+//!   [`nodenetwork`] and [`leader`]). A replica that loses the Lease exits non-zero and is
+//!   restarted as a follower.
 //! - RBAC: `nodes` list, watch; `nodes/finalizers` update (the NodeNetwork's
 //!   ownerReference sets `blockOwnerDeletion`, which the OwnerReferencesPermissionEnforcement
 //!   admission plugin checks); `nodenetworks.ferrite.dev` get, list, watch, create, patch;
-//!   `ippools.ferrite.dev` and `clusternetworks.ferrite.dev` list, watch.
-//! - Flags: `--concurrency` (`FERRITE_OPERATOR_CONCURRENCY`, default 32); logs follow
-//!   `RUST_LOG` (default `info`). SIGTERM or SIGINT let running reconciles finish, then exit.
+//!   `ippools.ferrite.dev` and `clusternetworks.ferrite.dev` list, watch; in its own
+//!   namespace, `coordination.k8s.io` `leases` get, list, watch, create, update, patch.
+//! - Flags (each with an environment variable, see `--help`): `--concurrency`,
+//!   `--leader-elect` (default true; false runs the controllers at once, for tests and
+//!   development only: two such processes may hand out one block twice),
+//!   `--lease-namespace` (`POD_NAMESPACE`), `--identity` (`POD_NAME`), `--lease-duration`
+//!   (default 15s). Logs follow `RUST_LOG` (default `info`). SIGTERM or SIGINT let running
+//!   reconciles finish and release the Lease, then exit.
 
 pub mod blocks;
 pub mod claims;
+pub mod controllers;
+pub mod leader;
 pub mod nodenetwork;
 pub mod selector;
+pub mod shutdown;
 
 /// The version every Ferrite component reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,8 +1,11 @@
 //! `ferrite-operator`: thin entry point; the logic lives in the library.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::Parser;
-use ferrite_operator::nodenetwork::{self, Settings};
+use ferrite_operator::leader::{self, Timing};
+use ferrite_operator::{controllers, nodenetwork, shutdown};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -16,6 +19,62 @@ struct Args {
     /// to the apiserver; block choices are serialized regardless.
     #[arg(long, env = "FERRITE_OPERATOR_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
+    #[command(flatten)]
+    election: Election,
+}
+
+/// Leader election: only the holder of the Lease runs the controllers.
+#[derive(clap::Args)]
+struct Election {
+    /// Run the controllers only while holding the Lease. `false` runs them at once: for
+    /// tests and development with ONE process only, since two could hand out a block twice.
+    #[arg(
+        long,
+        env = "FERRITE_LEADER_ELECT",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    leader_elect: bool,
+    /// The Lease's namespace: the operator's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = leader::DEFAULT_NAMESPACE)]
+    lease_namespace: String,
+    /// The Lease's name.
+    #[arg(long, env = "FERRITE_LEASE_NAME", default_value = leader::LEASE_NAME)]
+    lease_name: String,
+    /// This process's identity in the Lease, unique among the replicas (default: the
+    /// hostname and the process ID).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease lasts after its last renewal: a dead leader is replaced after this
+    /// long; the leader renews every third of it and stops leading when it could not renew
+    /// for four fifths of it. Whole seconds, 3s to 5m.
+    #[arg(
+        long,
+        env = "FERRITE_LEASE_DURATION",
+        default_value = leader::DEFAULT_LEASE_DURATION,
+        value_parser = leader::parse_duration
+    )]
+    lease_duration: Duration,
+}
+
+impl Election {
+    fn settings(&self) -> anyhow::Result<leader::Settings> {
+        let identity = match &self.identity {
+            Some(identity) => identity.clone(),
+            None => {
+                let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+                leader::default_identity(hostname.as_deref(), std::process::id())
+            }
+        };
+        Ok(leader::Settings {
+            name: self.lease_name.clone(),
+            namespace: self.lease_namespace.clone(),
+            identity,
+            timing: Timing::new(self.lease_duration)?,
+        })
+    }
 }
 
 impl Args {
@@ -32,7 +91,7 @@ impl Args {
 
         let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        let shutdown = async move {
+        let stop = async move {
             tokio::select! {
                 _ = terminate.recv() => info!("SIGTERM: finishing running reconciles, then exiting"),
                 _ = interrupt.recv() => info!("SIGINT: finishing running reconciles, then exiting"),
@@ -42,10 +101,31 @@ impl Args {
         let client = kube::Client::try_default().await.context(
             "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
         )?;
-        let settings = Settings {
-            concurrency: self.concurrency,
+        let settings = controllers::Settings {
+            node_network: nodenetwork::Settings {
+                concurrency: self.concurrency,
+            },
         };
-        nodenetwork::run(client, settings, shutdown).await;
+        if self.election.leader_elect {
+            let election = self.election.settings()?;
+            let controllers_client = client.clone();
+            leader::run(client, &election, stop, move |shutdown| {
+                controllers::run(controllers_client, settings, shutdown)
+            })
+            .await?;
+        } else {
+            info!("leader election is off (--leader-elect=false): running the controllers now");
+            let (trigger, signal) = shutdown::channel();
+            let controllers = controllers::run(client, settings, signal);
+            tokio::pin!(controllers);
+            tokio::select! {
+                () = &mut controllers => {}
+                () = stop => {
+                    trigger.fire();
+                    controllers.await;
+                }
+            }
+        }
         info!("ferrite-operator stopped");
         Ok(())
     }
