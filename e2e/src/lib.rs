@@ -10,6 +10,9 @@
 //!
 //! The tests that need the cluster are `#[ignore]`d with the reason, so `cargo test` reports them
 //! as ignored; `make e2e` runs them with `--ignored` against the running cluster.
+//!
+//! [`controlplane`] is the lighter alternative for what only needs an apiserver (the
+//! operator): a private etcd + kube-apiserver started in seconds, no cluster needed.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,6 +25,8 @@ use kube::api::{Api, AttachParams, DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::io::AsyncReadExt;
+
+pub mod controlplane;
 
 /// The agnhost image (the tag the pinned e2e.test uses; built locally by `e2e/scripts/images.sh`).
 pub const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.56";
