@@ -1,7 +1,7 @@
 //! A private Kubernetes control plane: etcd and kube-apiserver only (optionally
 //! kube-controller-manager running nothing but its garbage collector), no nodes, no kubelets.
 //! For tests and benchmarks of the operator, which only talks to the apiserver: seconds to
-//! start, nothing on the host changed, any number side by side.
+//! start, nothing on the host changed.
 //!
 //! - [`ControlPlane::start`] runs the binaries `make up` builds (`e2e/scripts/build-k8s.sh`,
 //!   cached under `~/.cache/ferrite/k8s/<key>/bin`, the path `e2e/scripts/env.sh` computes)
@@ -18,6 +18,10 @@
 //!   it; the [`Process`] is killable by PID and killed when dropped.
 //! - Dropping the control plane kills every process and removes every file it made. A run
 //!   that was itself killed leaves them behind; the next start removes those.
+//! - One control plane at a time per machine: [`ControlPlane::start`] waits for a lock
+//!   (`$TMPDIR/ferrite-controlplane.lock`) held until the drop, so tests that run in parallel
+//!   (`--test-threads=3`) or a benchmark never share the CPUs with another one, which would
+//!   skew their timing (leases, the benchmark's clock).
 //!
 //! `FERRITE_K8S_BIN` overrides where the binaries are; `FERRITE_KEEP_CONTROLPLANE=1` keeps
 //! the scratch directory (logs, kubeconfigs) after the drop, for debugging.
@@ -33,12 +37,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use ferrite_crds::{ClusterNetwork, IPPool, NodeNetwork};
+use futures::stream::BoxStream;
+use futures::{StreamExt as _, TryStreamExt as _};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, GetParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, GetParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, Config};
+use rustix::fs::FlockOperation;
 use rustix::process::{Pid, Signal, kill_process};
 
 use crate::{repo_root, wait_for};
@@ -76,6 +84,8 @@ pub struct ControlPlane {
     /// A client authenticated as the admin.
     pub client: Client,
     scratch: Scratch,
+    // NB: declared last, so it is released after the scratch is gone.
+    _turn: File,
 }
 
 impl ControlPlane {
@@ -93,6 +103,7 @@ impl ControlPlane {
                 bin.join(b).display()
             );
         }
+        let turn = wait_for_turn().await?;
         remove_leftovers();
 
         static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -118,7 +129,11 @@ impl ControlPlane {
             keep: std::env::var_os("FERRITE_KEEP_CONTROLPLANE").is_some_and(|v| v == "1"),
         };
         match scratch.boot(options).await {
-            Ok(client) => Ok(Self { client, scratch }),
+            Ok(client) => Ok(Self {
+                client,
+                scratch,
+                _turn: turn,
+            }),
             Err(e) => Err(e.context(format!(
                 "starting the control plane in {} (FERRITE_KEEP_CONTROLPLANE=1 keeps its logs there)",
                 scratch.dir.display()
@@ -139,6 +154,12 @@ impl ControlPlane {
     /// A client authenticated as `identity`.
     pub async fn client_as(&self, identity: Identity) -> Result<Client> {
         client_for(&self.kubeconfig(identity)).await
+    }
+
+    /// One of the control plane's own processes: `etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`.
+    pub fn process(&self, name: &str) -> Option<&Process> {
+        self.scratch.processes.iter().find(|p| p.name == name)
     }
 
     /// The last `lines` lines of `name`'s log (a process of this control plane, or one
@@ -473,6 +494,11 @@ impl Process {
         Ok(())
     }
 
+    /// Asks it to stop (SIGTERM).
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(Signal::TERM)
+    }
+
     /// Its exit status, if it has exited.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         Ok(self.child.try_wait()?)
@@ -705,6 +731,86 @@ pub fn distinct_blocks_in(
     Ok(by_node)
 }
 
+/// Creates `nodes`, `concurrency` requests at a time.
+pub async fn create_nodes(client: &Client, nodes: Vec<Node>, concurrency: usize) -> Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    futures::stream::iter(nodes)
+        .map(|node| {
+            let api = api.clone();
+            async move {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                api.create(&PostParams::default(), &node)
+                    .await
+                    .with_context(|| format!("creating Node {name}"))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_for_each(|_| async { Ok(()) })
+        .await
+}
+
+/// A watch on NodeNetworks that reports each one the first time it is seen with a block.
+pub struct BlockWatch {
+    events: BoxStream<'static, Result<Event<NodeNetwork>, watcher::Error>>,
+    seen: BTreeSet<String>,
+}
+
+impl BlockWatch {
+    /// Starts watching; returns once the initial list is done, so no later change can be
+    /// missed. NodeNetworks that already have a block count as seen.
+    pub async fn start(client: &Client) -> Result<Self> {
+        let api: Api<NodeNetwork> = Api::all(client.clone());
+        let mut this = Self {
+            events: watcher(api, watcher::Config::default()).boxed(),
+            seen: BTreeSet::new(),
+        };
+        loop {
+            match this
+                .events
+                .try_next()
+                .await
+                .context("watching NodeNetworks")?
+            {
+                Some(Event::InitDone) => return Ok(this),
+                Some(Event::InitApply(nn)) => {
+                    if !nn.spec.blocks.is_empty() {
+                        this.seen.insert(nn.metadata.name.unwrap_or_default());
+                    }
+                }
+                Some(_) => {}
+                None => bail!("the NodeNetwork watch ended"),
+            }
+        }
+    }
+
+    /// How many NodeNetworks have been seen with a block.
+    pub fn count(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Waits at most `timeout` for a NodeNetwork to be seen with a block for the first time:
+    /// its name, or `None` when the time ran out.
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<String>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let event = match tokio::time::timeout_at(deadline, self.events.try_next()).await {
+                Err(_) => return Ok(None),
+                Ok(event) => event.context("watching NodeNetworks")?,
+            };
+            match event {
+                Some(Event::Apply(nn) | Event::InitApply(nn)) if !nn.spec.blocks.is_empty() => {
+                    let name = nn.metadata.name.unwrap_or_default();
+                    if self.seen.insert(name.clone()) {
+                        return Ok(Some(name));
+                    }
+                }
+                Some(_) => {}
+                None => bail!("the NodeNetwork watch ended"),
+            }
+        }
+    }
+}
+
 /// The documents of `manifest` that are RBAC (and the namespace and service account it
 /// names), joined again.
 pub fn rbac_documents(manifest: &str) -> String {
@@ -828,6 +934,27 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Takes the machine-wide lock of control planes (see the module docs), waiting while
+/// another holds it. Released when the file is closed, also when the process dies.
+async fn wait_for_turn() -> Result<File> {
+    let path = std::env::temp_dir().join("ferrite-controlplane.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    loop {
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
 }
 
 /// Kills what control planes of dead test processes left running and removes their files.

@@ -593,7 +593,7 @@ async fn release(manager: &LeaseManager, settings: &Settings) {
     let timeout = settings.timing.margin();
     match tokio::time::timeout(timeout, manager.release()).await {
         Ok(Ok(())) => {
-            info!(lease = %settings.name, namespace = %settings.namespace, "released the Lease")
+            info!(lease = %settings.name, namespace = %settings.namespace, "released the Lease");
         }
         Ok(Err(error)) => {
             warn!(%error, "cannot release the Lease; a follower takes over once it expires");

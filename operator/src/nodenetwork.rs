@@ -364,6 +364,9 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
+    // NB: the block choice reads only spec and metadata; managed fields are most of a
+    // NodeNetwork's size, and the cache holds one per Node.
+    .modify(|nn| nn.managed_fields_mut().clear())
     .reflect(node_networks_writer)
     .applied_objects();
     let caches = futures::future::join3(
