@@ -3,15 +3,19 @@
 //! 1. CNI ADD/DEL latency of the `ferrite` plugin (with a real `ferrite-agent`) against the
 //!    reference `bridge` + `host-local` plugins, and a burst of concurrent Ferrite ADDs.
 //! 2. Cross-node pod-to-pod TCP throughput with iperf3: raw veth, Ferrite Native, Ferrite VXLAN.
+//! 3. The operator: time to give 1,000 Nodes their blocks from a cold start, and its peak
+//!    memory, against a private etcd + kube-apiserver.
 //!
-//! Everything happens in network namespaces the run creates (`feb-<pid>-...`) and removes again
-//! — also on errors and on Ctrl-C. Needs root. The method notes are in [`report`], which
-//! renders the whole Markdown file.
+//! Benchmarks 1 and 2 happen in network namespaces the run creates (`feb-<pid>-...`) and
+//! removes again — also on errors and on Ctrl-C — and need root; benchmark 3 runs on loopback
+//! and needs no root. The method notes are in [`report`], which renders the whole Markdown
+//! file.
 
 mod agent;
 mod cni;
 mod iperf;
 mod latency;
+mod operator;
 mod report;
 mod stats;
 mod sys;
@@ -25,16 +29,18 @@ use clap::{Parser, ValueEnum};
 
 use crate::report::{Machine, Report};
 
-/// Ferrite's side-by-side benchmarks: CNI latency against the reference plugins, and
-/// pod-to-pod throughput against raw veth. Run as root; `make bench` builds what it needs.
+/// Ferrite's benchmarks: CNI latency against the reference plugins, pod-to-pod throughput
+/// against raw veth, and the operator at 1,000 Nodes. Run as root; `make bench` builds what
+/// it needs.
 #[derive(Parser)]
 #[command(version = ferrite_agent::VERSION)]
 struct Args {
     /// Also write the results as Markdown to this file (`make bench`: docs/benchmarks.md).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Where the release builds of `ferrite` and `ferrite-agent` are (default: the `release`
-    /// directory of the workspace's target directory, from `cargo metadata`).
+    /// Where the release builds of `ferrite`, `ferrite-agent` and `ferrite-operator` are
+    /// (default: the `release` directory of the workspace's target directory, from `cargo
+    /// metadata`).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Where the reference plugins (`bridge`, `host-local`) are.
@@ -55,6 +61,12 @@ struct Args {
     /// iperf3 runs per mode.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
     repeats: u16,
+    /// Nodes for the operator benchmark.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    nodes: u16,
+    /// The operator's `--concurrency` in its benchmark (default: the operator's default).
+    #[arg(long)]
+    operator_concurrency: Option<u16>,
     /// Run one benchmark only.
     #[arg(long, value_enum)]
     only: Option<Only>,
@@ -70,6 +82,8 @@ enum Only {
     Latency,
     /// Pod-to-pod throughput.
     Throughput,
+    /// The operator: 1,000 Nodes from a cold start.
+    Operator,
 }
 
 /// The binaries under test.
@@ -80,6 +94,8 @@ pub struct Binaries {
     pub agent: PathBuf,
     /// `ferrite`, the plugin.
     pub plugin: PathBuf,
+    /// `ferrite-operator`.
+    pub operator: PathBuf,
     /// The reference plugins' directory.
     pub reference_dir: PathBuf,
 }
@@ -91,9 +107,13 @@ pub fn progress(msg: &str) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let run_latency = args.only != Some(Only::Throughput);
-    let run_throughput = args.only != Some(Only::Latency);
-    let bins = binaries(&args)?;
+    let run = |b: Only| args.only.is_none_or(|only| only == b);
+    let (run_latency, run_throughput, run_operator) = (
+        run(Only::Latency),
+        run(Only::Throughput),
+        run(Only::Operator),
+    );
+    let bins = binaries(&args, run_latency || run_throughput, run_operator)?;
     preflight(&bins, run_latency, run_throughput)?;
     sys::catch_interrupts()?;
     for left in sys::remove_leftovers()? {
@@ -129,11 +149,23 @@ fn main() -> Result<()> {
         .map_err(|e| format!("{e:#}"))
     });
     sys::check_interrupted()?;
+    let operator = run_operator.then(|| {
+        operator::run(
+            &bins,
+            &operator::Settings {
+                nodes: usize::from(args.nodes),
+                concurrency: args.operator_concurrency,
+            },
+        )
+        .map_err(|e| format!("{e:#}"))
+    });
+    sys::check_interrupted()?;
 
     let report = Report {
         machine,
         latency,
         throughput,
+        operator,
     };
     print!("{}", report::summary(&report));
     if let Some(out) = &args.out {
@@ -147,14 +179,18 @@ fn main() -> Result<()> {
     if matches!(report.throughput, Some(Err(_))) {
         failed.push("throughput");
     }
+    if matches!(report.operator, Some(Err(_))) {
+        failed.push("operator");
+    }
     if !failed.is_empty() {
         bail!("benchmark failed: {} (see above)", failed.join(", "));
     }
     Ok(())
 }
 
-/// The binaries: `--bin-dir`, or `<target dir>/release` from `cargo metadata`.
-fn binaries(args: &Args) -> Result<Binaries> {
+/// The binaries: `--bin-dir`, or `<target dir>/release` from `cargo metadata`; checks that
+/// those of the chosen benchmarks exist.
+fn binaries(args: &Args, datapath: bool, operator: bool) -> Result<Binaries> {
     let dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => target_dir()?.join("release"),
@@ -162,13 +198,21 @@ fn binaries(args: &Args) -> Result<Binaries> {
     let bins = Binaries {
         agent: dir.join("ferrite-agent"),
         plugin: dir.join("ferrite"),
+        operator: dir.join("ferrite-operator"),
         dir,
         reference_dir: args.reference_dir.clone(),
     };
-    for b in [&bins.agent, &bins.plugin] {
+    let mut needed = Vec::new();
+    if datapath {
+        needed.extend([&bins.agent, &bins.plugin]);
+    }
+    if operator {
+        needed.push(&bins.operator);
+    }
+    for b in needed {
         if !b.is_file() {
             bail!(
-                "{} does not exist: build it with `cargo build --release --locked -p ferrite-agent -p ferrite-cni` (`make bench` does), or point --bin-dir at it",
+                "{} does not exist: build it with `cargo build --release --locked -p ferrite-agent -p ferrite-cni -p ferrite-operator` (`make bench` does), or point --bin-dir at it",
                 b.display()
             );
         }
@@ -201,6 +245,10 @@ fn target_dir() -> Result<PathBuf> {
 
 /// Fails early, saying what is missing, before anything is created.
 fn preflight(bins: &Binaries, latency: bool, throughput: bool) -> Result<()> {
+    if !(latency || throughput) {
+        // The operator benchmark needs neither root nor network namespaces.
+        return Ok(());
+    }
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let euid = status

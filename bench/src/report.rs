@@ -13,6 +13,10 @@ pub const GOAL_ADD_P50: f64 = 0.2;
 pub const GOAL_ADD_P99: f64 = 0.3;
 /// Goal: Native pod-to-pod throughput at least this fraction of raw veth.
 pub const GOAL_NATIVE: f64 = 0.95;
+/// Goal: the operator gives every Node a block, from a cold start, within this long.
+pub const GOAL_OPERATOR_SECONDS: f64 = 10.0;
+/// Goal: the operator's peak resident memory doing it, in MB (10^6 bytes).
+pub const GOAL_OPERATOR_PEAK_MB: f64 = 50.0;
 
 /// The machine the numbers were taken on.
 #[derive(Clone, Debug, Default)]
@@ -114,6 +118,89 @@ pub struct ThroughputReport {
     pub vxlan_tunnel_bytes: u64,
 }
 
+/// When the operator had given `nodes` Nodes their blocks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Milestone {
+    /// How many Nodes had a block.
+    pub nodes: usize,
+    /// Since the operator process was started.
+    pub after: Duration,
+}
+
+/// The operator at scale.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorReport {
+    /// Nodes.
+    pub nodes: usize,
+    /// The IPPool's CIDR.
+    pub pool: String,
+    /// Its block size.
+    pub block_size: u8,
+    /// The operator's `--concurrency`, when set (`None`: its default).
+    pub concurrency: Option<u16>,
+    /// The apiserver's version.
+    pub kubernetes: String,
+    /// Creating the Nodes (set-up, not timed against the goal).
+    pub create_nodes: Duration,
+    /// From the start to the operator logging that it leads (from its log).
+    pub to_leader: Option<Duration>,
+    /// From the start to its caches being filled (from its log).
+    pub to_caches: Option<Duration>,
+    /// The first block, each quarter of the Nodes, the last.
+    pub milestones: Vec<Milestone>,
+    /// From the start until every Node had a NodeNetwork with a block.
+    pub to_all_blocks: Duration,
+    /// `VmHWM` once every Node had its block, bytes.
+    pub peak_rss_bytes: u64,
+    /// The operator's CPU time (user + system) until then.
+    pub cpu: Duration,
+    /// kube-apiserver's CPU time over the same span.
+    pub apiserver_cpu: Duration,
+    /// etcd's CPU time over the same span.
+    pub etcd_cpu: Duration,
+    /// CPUs the machine has.
+    pub cpus: usize,
+    /// Distinct blocks checked afterwards.
+    pub distinct_blocks: usize,
+}
+
+impl OperatorReport {
+    /// Peak RSS in MB (10^6 bytes).
+    pub fn peak_mb(&self) -> f64 {
+        self.peak_rss_bytes as f64 / 1e6
+    }
+
+    /// The goals.
+    pub fn goals(&self) -> Vec<Goal> {
+        let secs = self.to_all_blocks.as_secs_f64();
+        vec![
+            Goal {
+                what: format!(
+                    "{} Nodes get their blocks within {GOAL_OPERATOR_SECONDS} s",
+                    self.nodes
+                ),
+                measured: format!("{secs:.2} s"),
+                met: secs <= GOAL_OPERATOR_SECONDS,
+            },
+            Goal {
+                what: format!("operator peak memory ≤ {GOAL_OPERATOR_PEAK_MB} MB"),
+                measured: format!("{:.1} MB", self.peak_mb()),
+                met: self.peak_mb() <= GOAL_OPERATOR_PEAK_MB,
+            },
+            Goal {
+                what: "every block distinct and inside the pool".into(),
+                measured: format!("{} of {}", self.distinct_blocks, self.nodes),
+                met: self.distinct_blocks == self.nodes,
+            },
+        ]
+    }
+}
+
+/// Seconds with two decimals.
+pub fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
 /// A goal and whether the run met it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Goal {
@@ -137,6 +224,8 @@ pub struct Report {
     pub latency: Section<LatencyReport>,
     /// Benchmark 2.
     pub throughput: Section<ThroughputReport>,
+    /// Benchmark 3.
+    pub operator: Section<OperatorReport>,
 }
 
 /// Milliseconds with two decimals.
@@ -257,17 +346,22 @@ pub fn markdown(r: &Report) -> String {
          veth, on one machine, in one run. Everything runs in network namespaces the benchmark \
          creates (`feb-<pid>-...`) and removes; the host's own network namespace is not touched. \
          Real binaries throughout: the release builds of `ferrite-agent` and the `ferrite` plugin, \
-         Debian's reference plugins, iperf3.\n\n",
+         Debian's reference plugins, iperf3. Benchmark 3 times the release build of \
+         `ferrite-operator` against a private etcd and kube-apiserver on loopback.\n\n",
     );
     out.push_str("Reproduce (as root): `make bench`, which runs\n\n```sh\n");
-    out.push_str("cargo build --release --locked -p ferrite-agent -p ferrite-cni\n");
+    out.push_str(
+        "cargo build --release --locked -p ferrite-agent -p ferrite-cni -p ferrite-operator\n",
+    );
     out.push_str(
         "cargo run --release --locked -p ferrite-bench -- --out docs/benchmarks.md\n```\n\n",
     );
     out.push_str(
         "Prerequisites: iproute2, iperf3 (`e2e/scripts/install-deps.sh` installs it), the reference \
-         plugins in `/usr/lib/cni` (Debian `containernetworking-plugins`). \
-         `cargo run -p ferrite-bench -- --help` lists the knobs (cycles, concurrency, run length).\n\n",
+         plugins in `/usr/lib/cni` (Debian `containernetworking-plugins`); for benchmark 3 the \
+         Kubernetes binaries `make up` builds (`e2e/scripts/build-k8s.sh`). \
+         `cargo run -p ferrite-bench -- --help` lists the knobs (cycles, concurrency, run length, \
+         `--only`).\n\n",
     );
     out.push_str("## Machine\n\n| | |\n|---|---|\n");
     for (k, v) in [
@@ -288,6 +382,7 @@ pub fn markdown(r: &Report) -> String {
     );
     latency_section(&mut out, &r.latency);
     throughput_section(&mut out, &r.throughput);
+    operator_section(&mut out, &r.operator);
     out
 }
 
@@ -500,11 +595,11 @@ fn throughput_section(out: &mut String, section: &Section<ThroughputReport>) {
     );
     let t = match section {
         None => {
-            out.push_str("_Not run this time (`--only`)._\n");
+            out.push_str("_Not run this time (`--only`)._\n\n");
             return;
         }
         Some(Err(e)) => {
-            let _ = writeln!(out, "**The benchmark failed:** {}", one_line(e));
+            let _ = writeln!(out, "**The benchmark failed:** {}\n", one_line(e));
             return;
         }
         Some(Ok(t)) => t,
@@ -539,7 +634,95 @@ fn throughput_section(out: &mut String, section: &Section<ThroughputReport>) {
     }
     out.push_str("\n### Goals\n\n");
     goals_table(out, &t.goals());
-    out.push_str("\nVXLAN has no goal here; its ratio is for information.\n");
+    out.push_str("\nVXLAN has no goal here; its ratio is for information.\n\n");
+}
+
+fn operator_section(out: &mut String, section: &Section<OperatorReport>) {
+    out.push_str("## 3. The operator: 1,000 Nodes from a cold start\n\n");
+    out.push_str(
+        "**Method.** A private etcd (data in `/dev/shm`, no fsync) and kube-apiserver on \
+         loopback, from the binaries `make up` builds (`ferrite_e2e::controlplane`): no \
+         kubelets, the Nodes are API objects shaped like what a kubelet registers (labels, \
+         InternalIP and Hostname addresses, capacity, four conditions, node info, ten images: \
+         about 4 kB each as JSON), so the operator caches what it would cache in a real \
+         cluster. First the IPPool `default` and the ClusterNetwork `default` of \
+         the Helm chart and all the Nodes are created, and one NodeNetwork is written \
+         and deleted the way the operator writes them (a warm-up: a freshly started apiserver \
+         stalled its first such create by 2 s, which a long-running one does not); then a \
+         watch on NodeNetworks is established, and the release build of `ferrite-operator` is \
+         started cold (leader \
+         election on, as its service account with the RBAC of the Helm chart). The \
+         clock runs from starting the process until the watch has seen every Node's \
+         NodeNetwork with a block; it includes taking the Lease and filling the caches. Peak \
+         memory is the process's `VmHWM` (`/proc/<pid>/status`) at that moment, CPU time its \
+         user + system time. Afterwards every NodeNetwork is listed and every block checked to \
+         be distinct and inside the pool. The apiserver and etcd run on the same two CPUs.\n\n",
+    );
+    out.push_str(
+        "Reproduce this section alone (no root needed; prints the summary, writes nothing): \
+         `cargo build --release --locked -p ferrite-operator && cargo run --release --locked \
+         -p ferrite-bench -- --only operator`.\n\n",
+    );
+    let o = match section {
+        None => {
+            out.push_str("_Not run this time (`--only`)._\n");
+            return;
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(out, "**The benchmark failed:** {}", one_line(e));
+            return;
+        }
+        Some(Ok(o)) => o,
+    };
+    let concurrency = o
+        .concurrency
+        .map_or_else(|| "its default".to_owned(), |c| c.to_string());
+    let _ = writeln!(
+        out,
+        "{} Nodes, IPPool {} in /{} blocks, Kubernetes {}, the operator's `--concurrency` {}. \
+         Creating the Nodes took {} (set-up, not counted).\n",
+        o.nodes,
+        o.pool,
+        o.block_size,
+        o.kubernetes,
+        concurrency,
+        secs(o.create_nodes)
+    );
+    out.push_str("| since the operator started | |\n|---|---|\n");
+    let opt = |d: Option<Duration>| d.map_or_else(|| "—".to_owned(), secs);
+    let _ = writeln!(out, "| it leads (took the Lease) | {} |", opt(o.to_leader));
+    let _ = writeln!(
+        out,
+        "| its caches are filled, reconciling starts | {} |",
+        opt(o.to_caches)
+    );
+    for m in &o.milestones {
+        let nodes = if m.nodes == 1 {
+            "the first Node has".to_owned()
+        } else {
+            format!("{} Nodes have", m.nodes)
+        };
+        let _ = writeln!(out, "| {nodes} a block | {} |", secs(m.after));
+    }
+    let _ = writeln!(
+        out,
+        "| the operator's peak memory (VmHWM) | {:.1} MB |\n",
+        o.peak_mb()
+    );
+    let _ = writeln!(
+        out,
+        "Where the time goes: CPU time (user + system) over the {} the operator took — the \
+         operator {}, kube-apiserver {}, etcd {}, out of {:.2} s that {} CPUs offer, which \
+         other work on the machine shares (see the load average).\n",
+        secs(o.to_all_blocks),
+        secs(o.cpu),
+        secs(o.apiserver_cpu),
+        secs(o.etcd_cpu),
+        o.cpus as f64 * o.to_all_blocks.as_secs_f64(),
+        o.cpus,
+    );
+    out.push_str("### Goals\n\n");
+    goals_table(out, &o.goals());
 }
 
 /// The summary printed at the end of a run.
@@ -648,6 +831,31 @@ pub fn summary(r: &Report) -> String {
             }
         }
     }
+    match &r.operator {
+        None => out.push_str("\noperator: skipped\n"),
+        Some(Err(e)) => {
+            let _ = writeln!(out, "\noperator: FAILED: {e}");
+        }
+        Some(Ok(o)) => {
+            let _ = writeln!(
+                out,
+                "\noperator ({} Nodes, cold start): all blocks after {}, peak {:.1} MB, CPU {}",
+                o.nodes,
+                secs(o.to_all_blocks),
+                o.peak_mb(),
+                secs(o.cpu)
+            );
+            for g in o.goals() {
+                let _ = writeln!(
+                    out,
+                    "  goal {:<44} {:>10}  {}",
+                    g.what,
+                    g.measured,
+                    met(g.met).trim_matches('*')
+                );
+            }
+        }
+    }
     out
 }
 
@@ -711,7 +919,72 @@ mod tests {
                 vxlan_raw: vec![10e9, 30e9, 20e9],
                 vxlan_tunnel_bytes: 5_000_000_000,
             })),
+            operator: Some(Ok(OperatorReport {
+                nodes: 1000,
+                pool: "10.244.0.0/16".into(),
+                block_size: 26,
+                concurrency: None,
+                kubernetes: "v1.34.10".into(),
+                create_nodes: Duration::from_secs(4),
+                to_leader: Some(Duration::from_millis(40)),
+                to_caches: Some(Duration::from_millis(300)),
+                milestones: vec![
+                    Milestone {
+                        nodes: 1,
+                        after: Duration::from_millis(350),
+                    },
+                    Milestone {
+                        nodes: 1000,
+                        after: Duration::from_millis(10_200),
+                    },
+                ],
+                to_all_blocks: Duration::from_millis(10_200),
+                peak_rss_bytes: 21_300_000,
+                cpu: Duration::from_millis(2500),
+                apiserver_cpu: Duration::from_millis(9000),
+                etcd_cpu: Duration::from_millis(1500),
+                cpus: 2,
+                distinct_blocks: 1000,
+            })),
         }
+    }
+
+    #[test]
+    fn operator_goals_are_the_time_the_memory_and_distinct_blocks() {
+        let r = report();
+        let Some(Ok(o)) = &r.operator else { panic!() };
+        let goals = o.goals();
+        assert_eq!(
+            goals.iter().map(|g| g.met).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        assert_eq!(goals[0].measured, "10.20 s");
+        assert_eq!(goals[1].measured, "21.3 MB");
+        let md = markdown(&r);
+        assert!(
+            md.contains("## 3. The operator: 1,000 Nodes from a cold start"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1000 Nodes get their blocks within 10 s | 10.20 s | **not met** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| it leads (took the Lease) | 0.04 s |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1000 Nodes have a block | 10.20 s |"), "{md}");
+        assert!(
+            md.contains("| the first Node has a block | 0.35 s |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("the operator 2.50 s, kube-apiserver 9.00 s, etcd 1.50 s, out of 20.40 s that 2 CPUs"),
+            "{md}"
+        );
+        assert!(md.contains("--only operator"), "{md}");
+        let s = summary(&r);
+        assert!(s.contains("all blocks after 10.20 s, peak 21.3 MB"), "{s}");
     }
 
     #[test]
@@ -806,12 +1079,14 @@ mod tests {
         let mut r = report();
         r.latency = None;
         r.throughput = Some(Err("iperf3: unable to connect\nto server".into()));
+        r.operator = None;
         let md = markdown(&r);
         assert!(md.contains("_Not run this time (`--only`)._"));
         assert!(md.contains("**The benchmark failed:** iperf3: unable to connect to server"));
         let s = summary(&r);
         assert!(s.contains("CNI latency: skipped"));
         assert!(s.contains("throughput: FAILED"));
+        assert!(s.contains("operator: skipped"));
     }
 
     #[test]

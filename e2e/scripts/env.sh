@@ -12,7 +12,7 @@ source "$E2E/scripts/versions.env"
 : "${CLUSTER_CIDR:=10.244.0.0/16}"
 : "${FERRITE_CNI:=ferrite}"                  # ferrite | reference (bridge + host-local, for comparison)
 : "${FERRITE_ROUTING:=VXLAN}"                # ClusterNetwork routingMode with FERRITE_CNI=ferrite: VXLAN | Native
-: "${FERRITE_OPERATOR_REPLICAS:=1}"          # 1 until the operator elects a leader (issue 5); the chart's default is 2
+: "${FERRITE_OPERATOR_REPLICAS:=2}"          # leader-elected: one replica leads, the other stands by
 : "${FERRITE_PROXY:=kube-proxy}"             # kube-proxy (nftables mode) | ferrite (once it exists)
 : "${KUBE_PROXY_MODE:=nftables}"
 : "${SANDBOX_IMAGE:=registry.k8s.io/pause:3.10.1}"

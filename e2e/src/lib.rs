@@ -12,6 +12,9 @@
 //!
 //! The tests that need the cluster are `#[ignore]`d with the reason, so `cargo test` reports them
 //! as ignored; `make e2e` runs them with `--ignored` against the running cluster.
+//!
+//! [`controlplane`] is the lighter alternative for what only needs an apiserver (the
+//! operator): a private etcd + kube-apiserver started in seconds, no cluster needed.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,6 +29,7 @@ use kube::{Client, Config};
 use tokio::io::AsyncReadExt;
 
 pub mod argo;
+pub mod controlplane;
 
 /// The agnhost image (the tag the pinned e2e.test uses; built locally by `e2e/scripts/images.sh`).
 pub const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.56";

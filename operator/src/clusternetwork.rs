@@ -64,6 +64,8 @@ struct Context {
     node_networks: Store<NodeNetwork>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    /// What was applied last: the ClusterNetwork's uid and generation, and when.
+    applied: std::sync::Mutex<Option<(String, i64, std::time::Instant)>>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -83,6 +85,14 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    // NB: only names and creation times are read; the cache holds one Node per node.
+    .modify(|node: &mut Node| {
+        node.metadata.managed_fields = None;
+        node.metadata.annotations = None;
+        node.metadata.labels = None;
+        node.spec = None;
+        node.status = None;
+    })
     .reflect(nodes_writer)
     .touched_objects();
     let node_network_events = watcher(
@@ -90,6 +100,8 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    // NB: only the agent's report is read.
+    .modify(|nn: &mut NodeNetwork| nn.metadata.managed_fields = None)
     .reflect(node_networks_writer)
     .touched_objects();
     let caches = futures::future::join(
@@ -128,6 +140,7 @@ pub async fn run(
                 node_networks,
                 recorder,
                 metrics: metrics.clone(),
+                applied: std::sync::Mutex::new(None),
             });
             metrics.controller_running(controllers::CLUSTER_NETWORK);
             Controller::new(
@@ -282,6 +295,34 @@ fn observe(ctx: &Context, cn: &ClusterNetwork, ds: Result<DaemonSet, String>) ->
     }
 }
 
+fn applied_key(cn: &ClusterNetwork) -> (String, i64) {
+    (
+        cn.metadata.uid.clone().unwrap_or_default(),
+        cn.metadata.generation.unwrap_or(0),
+    )
+}
+
+/// Whether the node side must be applied: the ClusterNetwork changed since the last apply,
+/// or [`RESYNC`] has passed (someone may have edited an applied object).
+fn needs_apply(ctx: &Context, cn: &ClusterNetwork) -> bool {
+    let applied = ctx
+        .applied
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (uid, generation) = applied_key(cn);
+    !applied
+        .as_ref()
+        .is_some_and(|(u, g, at)| *u == uid && *g == generation && at.elapsed() < RESYNC)
+}
+
+fn remember_applied(ctx: &Context, cn: &ClusterNetwork) {
+    let (uid, generation) = applied_key(cn);
+    *ctx.applied
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some((uid, generation, std::time::Instant::now()));
+}
+
 /// Whether writing `next` over `previous` would tell a reader anything new.
 fn differs(previous: Option<&ClusterNetworkStatus>, next: &ClusterNetworkStatus) -> bool {
     previous != Some(next)
@@ -293,7 +334,30 @@ async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     }
     let _timer = ctx.metrics.reconcile_timer(controllers::CLUSTER_NETWORK);
-    let ds = apply_agent(&ctx, &cn).await;
+    let ds = if needs_apply(&ctx, &cn) {
+        let ds = apply_agent(&ctx, &cn).await;
+        if ds.is_ok() {
+            remember_applied(&ctx, &cn);
+        }
+        ds
+    } else {
+        // Agents report every minute: most reconciles only recompute the status. A
+        // DaemonSet gone since (deleted by hand) is applied again at once.
+        match Api::<DaemonSet>::namespaced(ctx.client.clone(), &ctx.settings.agent.namespace)
+            .get_opt(AGENT_NAME)
+            .await
+        {
+            Ok(Some(ds)) => Ok(ds),
+            Ok(None) => {
+                let ds = apply_agent(&ctx, &cn).await;
+                if ds.is_ok() {
+                    remember_applied(&ctx, &cn);
+                }
+                ds
+            }
+            Err(e) => Err(format!("daemonset: {e}")),
+        }
+    };
     if let Err(e) = &ds {
         warn!("applying the agent's objects: {e}");
         ctx.metrics

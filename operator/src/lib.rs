@@ -1,35 +1,29 @@
 //! Ferrite's operator.
 //!
-//! Owns the controllers of IPPool, ClusterNetwork, EncryptionPolicy and NodeNetwork: pool
-//! validation and overlap, per-node blocks, the agent DaemonSet rollout, conditions.
+//! Owns the controllers of IPPool, ClusterNetwork and NodeNetwork: pool validation and
+//! overlap, per-node blocks, the agent DaemonSet rollout, conditions.
 //!
-//! Status: implemented are
 //! - [`nodenetwork`]: one NodeNetwork per Node, with its address and pod address blocks
-//!   (more when its agent reports them nearly full), over the pure [`blocks`],
-//!   [`selector`] and [`lifecycle`]; with [`release`], which keeps a deleted node's blocks
-//!   taken until nothing uses them;
+//!   (more when its agent reports them nearly full), over the pure [`blocks`], [`selector`]
+//!   and [`lifecycle`]; with [`release`], which keeps a deleted node's blocks taken until
+//!   nothing uses them;
 //! - [`ippool`]: pool status (overlap, usage, disabled, exhausted) and the deletion hold,
 //!   over the pure [`pools`];
-//! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
-//!
-//! The ClusterNetwork controller, OTLP export and leader election arrive with the rest of
-//! issue 5.
+//! - [`clusternetwork`]: renders the agent's DaemonSet and RBAC ([`agentset`]), applies them
+//!   with server-side apply, and reports the rollout ([`rollout`]);
+//! - [`controllers`] starts them together; [`leader`] runs them only in the process that
+//!   holds the Lease; [`metrics`] serves Prometheus metrics, `/healthz` and `/readyz`.
 //!
 //! # Running it
 //!
-//! - One replica, rolled out with `strategy: Recreate`, until leader election lands: block
-//!   choice is single-writer (see [`nodenetwork`]).
-//! - RBAC: `nodes` get, list, watch; `nodes/finalizers` update (the NodeNetwork's
-//!   ownerReference sets `blockOwnerDeletion`, which the OwnerReferencesPermissionEnforcement
-//!   admission plugin checks); `nodenetworks.ferrite.dev` get, list, watch, create, patch;
-//!   `ippools.ferrite.dev` get, list, watch, patch (its finalizer) and `ippools/status`
-//!   patch; `clusternetworks.ferrite.dev` list, watch; `events.events.k8s.io` create, patch
-//!   (Events of cluster-scoped objects go to namespace `default`).
-//! - Flags: `--concurrency` (`FERRITE_OPERATOR_CONCURRENCY`, default 32),
-//!   `--metrics-addr` (`FERRITE_OPERATOR_METRICS_ADDR`, default `0.0.0.0:9894`),
-//!   `--release-grace-seconds` (`FERRITE_OPERATOR_RELEASE_GRACE_SECONDS`, default 120);
-//!   logs follow `RUST_LOG` (default `info`). SIGTERM or SIGINT let running reconciles
-//!   finish, then exit.
+//! - Any number of replicas: only the leader (the holder of Lease `ferrite-operator` in the
+//!   operator's namespace) runs the controllers, so block choice stays single-writer (see
+//!   [`nodenetwork`] and [`leader`]). A replica that loses the Lease exits non-zero and is
+//!   restarted as a follower.
+//! - RBAC: docs/operator.md lists every rule (the chart, charts/ferrite, grants them).
+//! - Flags (each with an environment variable, see `--help` and docs/operator.md). Logs
+//!   follow `RUST_LOG` (default `info`). SIGTERM or SIGINT let running reconciles finish and
+//!   release the Lease, then exit.
 //! - Finalizers: `ferrite.dev/release-blocks` on every NodeNetwork, `ferrite.dev/blocks-in-use`
 //!   on every IPPool. Uninstalling the operator while those objects remain leaves them
 //!   undeletable until the finalizers are removed by hand.
@@ -39,7 +33,9 @@ pub mod blocks;
 pub mod changes;
 pub mod claims;
 pub mod clusternetwork;
+pub mod controllers;
 pub mod ippool;
+pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod nodenetwork;
@@ -47,6 +43,7 @@ pub mod pools;
 pub mod release;
 pub mod rollout;
 pub mod selector;
+pub mod shutdown;
 #[cfg(test)]
 mod testing;
 

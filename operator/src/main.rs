@@ -7,17 +7,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use ferrite_operator::agentset::AgentDefaults;
-use ferrite_operator::clusternetwork;
+use ferrite_operator::leader::{self, Timing};
 use ferrite_operator::metrics::{self, Metrics};
-use ferrite_operator::nodenetwork::{self, Settings};
-use ferrite_operator::{ippool, lifecycle};
-use futures::FutureExt as _;
+use ferrite_operator::{clusternetwork, controllers, ippool, lifecycle, nodenetwork, shutdown};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-/// Ferrite's operator: gives every node a NodeNetwork with its address and a pod address
-/// block carved from the IPPools. Logging follows RUST_LOG (default: info).
+/// Ferrite's operator: gives every node a NodeNetwork with its address and pod address blocks
+/// carved from the IPPools, keeps the IPPools' status, and runs the node agent from the
+/// ClusterNetwork. Logging follows RUST_LOG (default: info).
 #[derive(Parser)]
 #[command(version = ferrite_operator::VERSION)]
 struct Args {
@@ -26,14 +25,11 @@ struct Args {
     #[arg(long, env = "FERRITE_OPERATOR_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
     /// The operator's namespace: where the agent's DaemonSet and ServiceAccount go.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "ferrite-system")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = leader::DEFAULT_NAMESPACE)]
     namespace: String,
     /// The agent image when the ClusterNetwork names none.
     #[arg(long, env = "FERRITE_AGENT_IMAGE", default_value_t = default_agent_image())]
     agent_image: String,
-    /// This replica's name, for Events (the pod name).
-    #[arg(long, env = "POD_NAME")]
-    instance: Option<String>,
     /// Where /metrics (Prometheus), /healthz and /readyz are served.
     #[arg(
         long,
@@ -45,6 +41,8 @@ struct Args {
     /// released although it last reported addresses in use (above the agent's 60 s heartbeat).
     #[arg(long, env = "FERRITE_OPERATOR_RELEASE_GRACE_SECONDS", default_value_t = lifecycle::DEFAULT_RELEASE_GRACE.as_secs())]
     release_grace_seconds: u64,
+    #[command(flatten)]
+    election: Election,
 }
 
 fn default_agent_image() -> String {
@@ -52,6 +50,60 @@ fn default_agent_image() -> String {
         "ghcr.io/ferrite-dev/ferrite-agent:{}",
         ferrite_operator::VERSION
     )
+}
+
+/// Leader election: only the holder of the Lease runs the controllers.
+#[derive(clap::Args)]
+struct Election {
+    /// Run the controllers only while holding the Lease. `false` runs them at once: for
+    /// tests and development with ONE process only, since two could hand out a block twice.
+    #[arg(
+        long,
+        env = "FERRITE_LEADER_ELECT",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    leader_elect: bool,
+    /// The Lease's namespace: the operator's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = leader::DEFAULT_NAMESPACE)]
+    lease_namespace: String,
+    /// The Lease's name.
+    #[arg(long, env = "FERRITE_LEASE_NAME", default_value = leader::LEASE_NAME)]
+    lease_name: String,
+    /// This process's identity in the Lease, unique among the replicas (default: the
+    /// hostname and the process ID).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease lasts after its last renewal: a dead leader is replaced after this
+    /// long; the leader renews every third of it and stops leading when it could not renew
+    /// for four fifths of it. Whole seconds, 3s to 5m.
+    #[arg(
+        long,
+        env = "FERRITE_LEASE_DURATION",
+        default_value = leader::DEFAULT_LEASE_DURATION,
+        value_parser = leader::parse_duration
+    )]
+    lease_duration: Duration,
+}
+
+impl Election {
+    fn settings(&self) -> anyhow::Result<leader::Settings> {
+        let identity = match &self.identity {
+            Some(identity) => identity.clone(),
+            None => {
+                let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+                leader::default_identity(hostname.as_deref(), std::process::id())
+            }
+        };
+        Ok(leader::Settings {
+            name: self.lease_name.clone(),
+            namespace: self.lease_namespace.clone(),
+            identity,
+            timing: Timing::new(self.lease_duration)?,
+        })
+    }
 }
 
 impl Args {
@@ -68,7 +120,7 @@ impl Args {
 
         let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        let shutdown = async move {
+        let stop = async move {
             tokio::select! {
                 _ = terminate.recv() => info!("SIGTERM: finishing running reconciles, then exiting"),
                 _ = interrupt.recv() => info!("SIGINT: finishing running reconciles, then exiting"),
@@ -78,40 +130,57 @@ impl Args {
         let client = kube::Client::try_default().await.context(
             "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
         )?;
-        let shutdown = shutdown.shared();
         let metrics = Arc::new(Metrics::default());
         let listener = metrics::bind(self.metrics_addr).await?;
         info!(addr = %self.metrics_addr, "serving /metrics, /healthz and /readyz");
-        let serving = metrics::serve(listener, metrics::router(metrics.clone()), shutdown.clone());
-        tokio::spawn(async move {
+        let (stop_metrics, metrics_stopped) = shutdown::channel();
+        let serving = metrics::serve(listener, metrics::router(metrics.clone()), metrics_stopped);
+        let serving = tokio::spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(%error, "the metrics endpoint stopped");
             }
         });
-        let settings = Settings {
-            concurrency: self.concurrency,
-            release_grace: Duration::from_secs(self.release_grace_seconds),
-        };
-        let pool_settings = ippool::Settings {
-            concurrency: self.concurrency,
-        };
-        let cluster_network = clusternetwork::Settings {
-            agent: AgentDefaults {
-                namespace: self.namespace,
-                image: self.agent_image,
+        let settings = controllers::Settings {
+            node_network: nodenetwork::Settings {
+                concurrency: self.concurrency,
+                release_grace: Duration::from_secs(self.release_grace_seconds),
             },
-            instance: self.instance,
+            ip_pool: ippool::Settings {
+                concurrency: self.concurrency,
+            },
+            cluster_network: clusternetwork::Settings {
+                agent: AgentDefaults {
+                    namespace: self.namespace.clone(),
+                    image: self.agent_image.clone(),
+                },
+                instance: self.election.identity.clone(),
+            },
         };
-        tokio::join!(
-            nodenetwork::run(client.clone(), settings, metrics.clone(), shutdown.clone()),
-            ippool::run(
-                client.clone(),
-                pool_settings,
-                metrics.clone(),
-                shutdown.clone()
-            ),
-            clusternetwork::run(client, cluster_network, metrics, shutdown),
-        );
+        let result = if self.election.leader_elect {
+            let election = self.election.settings()?;
+            metrics.standing_by();
+            let controllers_client = client.clone();
+            leader::run(client, &election, stop, move |shutdown| {
+                controllers::run(controllers_client, settings, metrics, shutdown)
+            })
+            .await
+        } else {
+            info!("leader election is off (--leader-elect=false): running the controllers now");
+            let (trigger, signal) = shutdown::channel();
+            let controllers = controllers::run(client, settings, metrics, signal);
+            tokio::pin!(controllers);
+            tokio::select! {
+                () = &mut controllers => {}
+                () = stop => {
+                    trigger.fire();
+                    controllers.await;
+                }
+            }
+            Ok(())
+        };
+        stop_metrics.fire();
+        let _ = serving.await;
+        result?;
         info!("ferrite-operator stopped");
         Ok(())
     }

@@ -81,6 +81,8 @@ pub struct Metrics {
     blocks_released: Counter,
     /// Controller → running; a controller is listed from the moment it starts.
     running: Mutex<BTreeMap<&'static str, bool>>,
+    /// A follower waiting for the Lease: ready (it can take over) with no controller started.
+    standby: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metrics {
@@ -149,6 +151,7 @@ impl Default for Metrics {
             blocks_added,
             blocks_released,
             running: Mutex::new(BTreeMap::new()),
+            standby: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -255,11 +258,20 @@ impl Metrics {
             .set(i64::from(running));
     }
 
-    /// `Ok` when at least one controller was started and every started one runs; otherwise
-    /// the reason, for `/readyz`.
+    /// Records that this process waits for the Lease before it starts its controllers.
+    pub fn standing_by(&self) {
+        self.standby
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `Ok` when every started controller runs and at least one was started (or, for a
+    /// follower waiting for the Lease, none was); otherwise the reason, for `/readyz`.
     pub fn readiness(&self) -> Result<(), String> {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         if running.is_empty() {
+            if self.standby.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
             return Err("no controller has started yet".to_owned());
         }
         let waiting: Vec<&str> = running
@@ -394,6 +406,15 @@ mod tests {
         assert_eq!(m.readiness(), Ok(()));
         m.controller_stopped(controllers::IP_POOL);
         assert!(m.readiness().is_err());
+    }
+
+    #[test]
+    fn a_follower_waiting_for_the_lease_is_ready_until_it_leads() {
+        let m = Metrics::default();
+        m.standing_by();
+        assert_eq!(m.readiness(), Ok(()), "it can take over: it is available");
+        m.controller_starting(controllers::CLUSTER_NETWORK);
+        assert!(m.readiness().is_err(), "leading, its controllers must run");
     }
 
     /// GET `path` over a real loopback connection; the status code and the body. (Plain

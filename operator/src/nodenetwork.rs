@@ -31,11 +31,11 @@
 //!   process, every choice happens under one lock, over the cache of all NodeNetworks plus
 //!   the blocks this process has claimed and the cache does not show yet
 //!   ([`crate::claims`]); the controller starts only after every cache has finished its
-//!   first list. Across processes there is no guard yet: the operator must run as ONE
-//!   replica (with a `Recreate` rollout, since a rolling update briefly runs two) until
-//!   issue 5 adds leader election. As a tripwire, every reconcile compares the node's blocks
-//!   with every other NodeNetwork's and logs an error naming both if any overlap. It does
-//!   not take a block away by itself: that would renumber running pods, so a person decides.
+//!   first list. Across processes, leader election ([`crate::leader`]) runs this controller
+//!   in one process at a time; a leader that loses its Lease drops the controller at once.
+//!   As a tripwire, every reconcile compares the node's blocks with every other
+//!   NodeNetwork's and logs an error naming both if any overlap. It does not take a block
+//!   away by itself: that would renumber running pods, so a person decides.
 
 use std::future::{Future, ready};
 use std::net::IpAddr;
@@ -612,7 +612,7 @@ impl Context {
                 block = %overlap.block,
                 other = %overlap.other,
                 other_block = %overlap.other_block,
-                "NodeNetworks {name} and {} hold overlapping blocks ({} and {}), so two nodes may hand out the same pod addresses. This happens when more than one operator writes (run one replica until leader election lands) or after a hand edit. To fix: drain the node whose pods should move, delete its NodeNetwork, and the operator gives it a new block",
+                "NodeNetworks {name} and {} hold overlapping blocks ({} and {}), so two nodes may hand out the same pod addresses. This happens when more than one operator writes (several processes with --leader-elect=false) or after a hand edit. To fix: drain the node whose pods should move, delete its NodeNetwork, and the operator gives it a new block",
                 overlap.other,
                 overlap.block,
                 overlap.other_block,
