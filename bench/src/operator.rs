@@ -74,7 +74,10 @@ async fn run_async(operator: &Path, s: &Settings) -> Result<OperatorReport> {
     );
 
     progress("operator: starting ferrite-operator (cold) and timing it");
-    let mut args = vec!["--identity=bench-operator".to_owned()];
+    let mut args = vec![
+        "--identity=bench-operator".to_owned(),
+        "--metrics-addr=127.0.0.1:0".to_owned(),
+    ];
     if let Some(c) = s.concurrency {
         args.push(format!("--concurrency={c}"));
     }

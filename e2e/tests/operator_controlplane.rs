@@ -56,7 +56,8 @@ async fn control_plane(options: Options) -> Result<ControlPlane> {
 /// Starts an operator called `name` (its identity in the Lease too) as its service account.
 fn operator(cp: &ControlPlane, binary: &Path, name: &str, extra: &[&str]) -> Result<Process> {
     let identity = format!("--identity={name}");
-    let mut args = vec![identity.as_str()];
+    // Several operators share this host's network: each serves its metrics on a free port.
+    let mut args = vec![identity.as_str(), "--metrics-addr=127.0.0.1:0"];
     args.extend_from_slice(extra);
     cp.spawn(name, binary, &args, Identity::Operator)
 }
@@ -175,7 +176,8 @@ async fn a_node_gets_an_owned_node_network_and_a_deleted_nodes_block_goes_to_the
         garbage_collector: true,
     })
     .await?;
-    let op = operator(&cp, &binary, "operator-a", &[])?;
+    // A minute of grace: within this test only the agent's report releases the blocks.
+    let op = operator(&cp, &binary, "operator-a", &["--release-grace-seconds=60"])?;
 
     let a = create_node(&cp.client, "node-a", node_ip(1)).await?;
     let nn_a = node_network_with_block(&cp.client, "node-a", &[&op]).await?;
@@ -207,11 +209,45 @@ async fn a_node_gets_an_owned_node_network_and_a_deleted_nodes_block_goes_to_the
     let block_b = single_block(&node_network_with_block(&cp.client, "node-b", &[&op]).await?)?;
     ensure!(block_a != block_b, "node-a and node-b both got {block_a}");
 
+    // node-a's agent reports three pods on its block, then the Node is deleted: the
+    // NodeNetwork (deleted by the garbage collector) is held while the pods hold addresses.
+    let node_networks: Api<NodeNetwork> = Api::all(cp.client.clone());
+    let report = |allocated: u32| {
+        serde_json::json!({"status": {
+            "agent": {"ready": true, "lastHeartbeat": k8s_openapi::jiff::Timestamp::now().to_string()},
+            "blocks": [{"cidr": block_a.to_string(), "allocated": allocated, "capacity": 62}],
+        }})
+    };
+    node_networks
+        .patch_status("node-a", &PatchParams::default(), &Patch::Merge(&report(3)))
+        .await?;
     let nodes: Api<Node> = Api::all(cp.client.clone());
     nodes.delete("node-a", &DeleteParams::default()).await?;
-    let node_networks: Api<NodeNetwork> = Api::all(cp.client.clone());
     wait_for(
-        "the garbage collector to delete NodeNetwork node-a after its Node",
+        "the garbage collector to start deleting NodeNetwork node-a",
+        Duration::from_secs(90),
+        || async {
+            let nn = node_networks.get_opt("node-a").await?;
+            ensure!(
+                nn.is_some(),
+                "NodeNetwork node-a went while its agent reported 3 pods"
+            );
+            Ok(nn.and_then(|nn| nn.metadata.deletion_timestamp).map(|_| ()))
+        },
+    )
+    .await
+    .with_context(|| cp.log_tail("kube-controller-manager", 20))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = node_networks.get_opt("node-a").await?;
+    ensure!(
+        held.is_some(),
+        "NodeNetwork node-a was released while its agent reported addresses in use"
+    );
+    node_networks
+        .patch_status("node-a", &PatchParams::default(), &Patch::Merge(&report(0)))
+        .await?;
+    wait_for(
+        "NodeNetwork node-a to be released once its agent reports no address in use",
         Duration::from_secs(90),
         || async {
             Ok(node_networks
@@ -450,10 +486,12 @@ async fn a_leader_that_loses_the_lease_stops_and_exits_non_zero() -> Result<()> 
         || async { Ok(second.log().contains(BECAME_LEADER).then_some(())) },
     )
     .await?;
+    // The chart's RoleBinding in the operator's namespace grants the Lease (and the agent's
+    // DaemonSet and ServiceAccount).
     let bindings: Api<RoleBinding> = Api::namespaced(cp.client.clone(), LEASE_NAMESPACE);
     let revoked = Instant::now();
     bindings
-        .delete("ferrite-operator-leader-election", &DeleteParams::default())
+        .delete("ferrite-operator", &DeleteParams::default())
         .await
         .context("revoking the operator's lease permission")?;
     let status = second.wait_exit(LEASE + Duration::from_secs(2)).await?;
