@@ -10,10 +10,11 @@
 //!   taken until nothing uses them;
 //! - [`ippool`]: pool status (overlap, usage, disabled, exhausted) and the deletion hold,
 //!   over the pure [`pools`];
-//! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
+//! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`;
+//! - [`telemetry`]: logs, and OpenTelemetry traces (a `reconcile` span per object) and
+//!   metrics exported over OTLP/HTTP when an endpoint is configured.
 //!
-//! The ClusterNetwork controller, OTLP export and leader election arrive with the rest of
-//! issue 5.
+//! Leader election arrives with the rest of issue 5.
 //!
 //! # Running it
 //!
@@ -27,7 +28,8 @@
 //!   (Events of cluster-scoped objects go to namespace `default`).
 //! - Flags: `--concurrency` (`FERRITE_OPERATOR_CONCURRENCY`, default 32),
 //!   `--metrics-addr` (`FERRITE_OPERATOR_METRICS_ADDR`, default `0.0.0.0:9894`),
-//!   `--release-grace-seconds` (`FERRITE_OPERATOR_RELEASE_GRACE_SECONDS`, default 120);
+//!   `--release-grace-seconds` (`FERRITE_OPERATOR_RELEASE_GRACE_SECONDS`, default 120),
+//!   `--otlp-endpoint` (`OTEL_EXPORTER_OTLP_ENDPOINT`, default: export nothing);
 //!   logs follow `RUST_LOG` (default `info`). SIGTERM or SIGINT let running reconciles
 //!   finish, then exit.
 //! - Finalizers: `ferrite.dev/release-blocks` on every NodeNetwork, `ferrite.dev/blocks-in-use`
@@ -47,6 +49,7 @@ pub mod pools;
 pub mod release;
 pub mod rollout;
 pub mod selector;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 

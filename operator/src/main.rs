@@ -10,11 +10,10 @@ use ferrite_operator::agentset::AgentDefaults;
 use ferrite_operator::clusternetwork;
 use ferrite_operator::metrics::{self, Metrics};
 use ferrite_operator::nodenetwork::{self, Settings};
-use ferrite_operator::{ippool, lifecycle};
+use ferrite_operator::{ippool, lifecycle, telemetry};
 use futures::FutureExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 /// Ferrite's operator: gives every node a NodeNetwork with its address and a pod address
 /// block carved from the IPPools. Logging follows RUST_LOG (default: info).
@@ -45,6 +44,10 @@ struct Args {
     /// released although it last reported addresses in use (above the agent's 60 s heartbeat).
     #[arg(long, env = "FERRITE_OPERATOR_RELEASE_GRACE_SECONDS", default_value_t = lifecycle::DEFAULT_RELEASE_GRACE.as_secs())]
     release_grace_seconds: u64,
+    /// OTLP/HTTP base URL of an OpenTelemetry collector (e.g. http://otel-collector:4318):
+    /// traces and metrics are exported to its /v1/traces and /v1/metrics. Unset: nothing.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn default_agent_image() -> String {
@@ -56,11 +59,10 @@ fn default_agent_image() -> String {
 
 impl Args {
     async fn run(self) -> anyhow::Result<()> {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-            )
-            .init();
+        let telemetry = telemetry::init(&telemetry::Config::new(
+            self.otlp_endpoint.clone(),
+            self.instance.clone(),
+        ))?;
         info!(
             version = ferrite_operator::VERSION,
             "ferrite-operator starting"
@@ -79,7 +81,7 @@ impl Args {
             "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
         )?;
         let shutdown = shutdown.shared();
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::with_meter(telemetry.meter()));
         let listener = metrics::bind(self.metrics_addr).await?;
         info!(addr = %self.metrics_addr, "serving /metrics, /healthz and /readyz");
         let serving = metrics::serve(listener, metrics::router(metrics.clone()), shutdown.clone());
@@ -113,6 +115,10 @@ impl Args {
             clusternetwork::run(client, cluster_network, metrics, shutdown),
         );
         info!("ferrite-operator stopped");
+        // Exports the last spans and metrics; blocking, hence off the runtime's threads.
+        tokio::task::spawn_blocking(move || telemetry.shutdown())
+            .await
+            .context("the OpenTelemetry shutdown panicked")??;
         Ok(())
     }
 }
