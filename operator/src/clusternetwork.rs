@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::agentset::{self, AGENT_NAME, AgentDefaults};
 use crate::metrics::{Metrics, controllers};
 use crate::rollout::{self, AgentReport, DaemonSetView, NodeView, Observed};
+use crate::telemetry;
 
 /// Field manager of every write of this controller.
 pub const FIELD_MANAGER: &str = "ferrite-operator";
@@ -155,7 +156,11 @@ pub async fn run(
             // Many agents report at once during a rollout: one status write for the burst.
             .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
             .graceful_shutdown_on(shutdown)
-            .run(reconcile, error_policy, context)
+            .run(
+                telemetry::traced(controllers::CLUSTER_NETWORK, reconcile),
+                error_policy,
+                context,
+            )
             .for_each(|result| {
                 match result {
                     Ok((object, _)) => debug!(name = %object.name, "reconciled"),

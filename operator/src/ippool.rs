@@ -49,6 +49,7 @@ use tracing::{debug, info, warn};
 use crate::changes::Changes;
 use crate::metrics::{Metrics, controllers};
 use crate::pools::{self, Assessment, ClusterView, NodeAddresses, PoolState, Transition};
+use crate::telemetry;
 
 /// The field manager of the pool status this controller applies.
 pub const FIELD_MANAGER: &str = crate::nodenetwork::FIELD_MANAGER;
@@ -272,7 +273,11 @@ pub async fn run(
                         .debounce(DEBOUNCE),
                 )
                 .graceful_shutdown_on(shutdown)
-                .run(reconcile, error_policy, context)
+                .run(
+                    telemetry::traced(controllers::IP_POOL, reconcile),
+                    error_policy,
+                    context,
+                )
                 .for_each(|result| {
                     log_outcome(result);
                     ready(())

@@ -12,7 +12,9 @@
 //! - [`clusternetwork`]: renders the agent's DaemonSet and RBAC ([`agentset`]), applies them
 //!   with server-side apply, and reports the rollout ([`rollout`]);
 //! - [`controllers`] starts them together; [`leader`] runs them only in the process that
-//!   holds the Lease; [`metrics`] serves Prometheus metrics, `/healthz` and `/readyz`.
+//!   holds the Lease; [`metrics`] serves Prometheus metrics, `/healthz` and `/readyz`;
+//!   [`telemetry`]: logs, and OpenTelemetry traces (a `reconcile` span per object) and
+//!   metrics exported over OTLP/HTTP when an endpoint is configured.
 //!
 //! # Running it
 //!
@@ -44,6 +46,7 @@ pub mod release;
 pub mod rollout;
 pub mod selector;
 pub mod shutdown;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 

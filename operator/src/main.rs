@@ -9,10 +9,11 @@ use clap::Parser;
 use ferrite_operator::agentset::AgentDefaults;
 use ferrite_operator::leader::{self, Timing};
 use ferrite_operator::metrics::{self, Metrics};
-use ferrite_operator::{clusternetwork, controllers, ippool, lifecycle, nodenetwork, shutdown};
+use ferrite_operator::{
+    clusternetwork, controllers, ippool, lifecycle, nodenetwork, shutdown, telemetry,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 /// Ferrite's operator: gives every node a NodeNetwork with its address and pod address blocks
 /// carved from the IPPools, keeps the IPPools' status, and runs the node agent from the
@@ -41,6 +42,10 @@ struct Args {
     /// released although it last reported addresses in use (above the agent's 60 s heartbeat).
     #[arg(long, env = "FERRITE_OPERATOR_RELEASE_GRACE_SECONDS", default_value_t = lifecycle::DEFAULT_RELEASE_GRACE.as_secs())]
     release_grace_seconds: u64,
+    /// OTLP/HTTP base URL of an OpenTelemetry collector (e.g. http://otel-collector:4318):
+    /// traces and metrics are exported to its /v1/traces and /v1/metrics. Unset: nothing.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(flatten)]
     election: Election,
 }
@@ -108,11 +113,10 @@ impl Election {
 
 impl Args {
     async fn run(self) -> anyhow::Result<()> {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-            )
-            .init();
+        let telemetry = telemetry::init(&telemetry::Config::new(
+            self.otlp_endpoint.clone(),
+            self.election.identity.clone(),
+        ))?;
         info!(
             version = ferrite_operator::VERSION,
             "ferrite-operator starting"
@@ -130,7 +134,7 @@ impl Args {
         let client = kube::Client::try_default().await.context(
             "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
         )?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::with_meter(telemetry.meter()));
         let listener = metrics::bind(self.metrics_addr).await?;
         info!(addr = %self.metrics_addr, "serving /metrics, /healthz and /readyz");
         let (stop_metrics, metrics_stopped) = shutdown::channel();
@@ -180,8 +184,12 @@ impl Args {
         };
         stop_metrics.fire();
         let _ = serving.await;
-        result?;
         info!("ferrite-operator stopped");
+        // Exports the last spans and metrics; blocking, hence off the runtime's threads.
+        tokio::task::spawn_blocking(move || telemetry.shutdown())
+            .await
+            .context("the OpenTelemetry shutdown panicked")??;
+        result?;
         Ok(())
     }
 }

@@ -13,12 +13,28 @@
 //! | `ippool_blocks` | gauge | `pool` (blocks assigned to nodes) |
 //! | `node_blocks_added_total` | counter | |
 //! | `node_blocks_released_total` | counter | (NodeNetworks whose blocks went back) |
+//!
+//! # OpenTelemetry
+//!
+//! Built [`Metrics::with_meter`] (when [`crate::telemetry`] exports over OTLP), the same
+//! reconciles and pools are also recorded through OpenTelemetry instruments:
+//!
+//! | instrument | type | unit | attributes |
+//! |---|---|---|---|
+//! | `ferrite.operator.reconcile.duration` | histogram | `s` | `controller` |
+//! | `ferrite.operator.reconcile.errors` | counter | `{error}` | `controller`, `kind` |
+//! | `ferrite.operator.ippool.size` | gauge | `{address}` | `pool` |
+//! | `ferrite.operator.ippool.allocated` | gauge | `{address}` | `pool` |
+//! | `ferrite.operator.ippool.blocks` | gauge | `{block}` | `pool` |
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter as OtelCounter, Histogram as OtelHistogram, Meter};
 
 use axum::Router;
 use axum::extract::State;
@@ -68,9 +84,67 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
+/// The OpenTelemetry names of the metrics (see the module docs).
+pub mod otel {
+    /// Reconcile duration histogram (s), attribute `controller`.
+    pub const RECONCILE_DURATION: &str = "ferrite.operator.reconcile.duration";
+    /// Failed reconciles, attributes `controller` and `kind`.
+    pub const RECONCILE_ERRORS: &str = "ferrite.operator.reconcile.errors";
+    /// Addresses of a pool outside its reserved ranges, attribute `pool`.
+    pub const POOL_SIZE: &str = "ferrite.operator.ippool.size";
+    /// Addresses of a pool allocated to pods, attribute `pool`.
+    pub const POOL_ALLOCATED: &str = "ferrite.operator.ippool.allocated";
+    /// Blocks of a pool assigned to nodes, attribute `pool`.
+    pub const POOL_BLOCKS: &str = "ferrite.operator.ippool.blocks";
+}
+
+/// Histogram buckets of a reconcile, in seconds: 1 ms … ~33 s (a reconcile is a read and
+/// maybe a write, milliseconds each).
+fn reconcile_buckets() -> Vec<f64> {
+    exponential_buckets(0.001, 2.0, 16).collect()
+}
+
+/// One OpenTelemetry gauge of every pool's usage.
+struct PoolGauge {
+    name: &'static str,
+    description: &'static str,
+    unit: &'static str,
+    value: fn(&PoolUsage) -> u64,
+}
+
+const POOL_GAUGES: [PoolGauge; 3] = [
+    PoolGauge {
+        name: otel::POOL_SIZE,
+        description: "Addresses in the pool outside its reserved ranges",
+        unit: "{address}",
+        value: |u| u.total,
+    },
+    PoolGauge {
+        name: otel::POOL_ALLOCATED,
+        description: "Addresses of the pool allocated to pods, as the node agents report them",
+        unit: "{address}",
+        value: |u| u.allocated,
+    },
+    PoolGauge {
+        name: otel::POOL_BLOCKS,
+        description: "Blocks of the pool assigned to nodes",
+        unit: "{block}",
+        value: |u| u.blocks,
+    },
+];
+
+/// The OpenTelemetry instruments recorded besides the Prometheus metrics.
+struct OtelInstruments {
+    reconcile_duration: OtelHistogram<f64>,
+    reconcile_errors: OtelCounter<u64>,
+}
+
 /// Every metric the operator exports, and which controllers are running.
 pub struct Metrics {
     registry: Registry,
+    otel: Option<OtelInstruments>,
+    /// The last usage of every pool, read by the OpenTelemetry gauges' callbacks.
+    pools: Arc<Mutex<BTreeMap<String, PoolUsage>>>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     controller_running: Family<ControllerLabels, Gauge>,
@@ -88,10 +162,9 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("ferrite_operator");
-        // 1 ms … ~33 s: a reconcile is a read and maybe a write, milliseconds each.
         let reconcile_duration =
             Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+                Histogram::new(reconcile_buckets())
             });
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let controller_running = Family::<ControllerLabels, Gauge>::default();
@@ -142,6 +215,8 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            otel: None,
+            pools: Arc::new(Mutex::new(BTreeMap::new())),
             reconcile_duration,
             reconcile_errors,
             controller_running,
@@ -158,27 +233,81 @@ impl Default for Metrics {
 
 /// Observes a reconcile's duration when dropped.
 pub struct ReconcileTimer<'a> {
-    histogram: &'a Family<ControllerLabels, Histogram>,
+    metrics: &'a Metrics,
     controller: &'static str,
     started: Instant,
 }
 
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
-        self.histogram
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.metrics
+            .reconcile_duration
             .get_or_create(&ControllerLabels {
                 controller: self.controller.to_owned(),
             })
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(seconds);
+        if let Some(otel) = &self.metrics.otel {
+            otel.reconcile_duration
+                .record(seconds, &[KeyValue::new("controller", self.controller)]);
+        }
     }
 }
 
 impl Metrics {
+    /// The Prometheus metrics, also recorded through OpenTelemetry instruments of `meter`
+    /// when given (see the module docs).
+    pub fn with_meter(meter: Option<Meter>) -> Self {
+        let mut metrics = Self::default();
+        let Some(meter) = meter else {
+            return metrics;
+        };
+        let reconcile_duration = meter
+            .f64_histogram(otel::RECONCILE_DURATION)
+            .with_description("Time one reconcile took, by controller")
+            .with_unit("s")
+            .with_boundaries(reconcile_buckets())
+            .build();
+        let reconcile_errors = meter
+            .u64_counter(otel::RECONCILE_ERRORS)
+            .with_description(
+                "Reconciles that failed (and are retried), by controller and kind of error",
+            )
+            .with_unit("{error}")
+            .build();
+        for PoolGauge {
+            name,
+            description,
+            unit,
+            value,
+        } in POOL_GAUGES
+        {
+            let pools = metrics.pools.clone();
+            // The meter provider keeps the callback registered; the handle is not needed.
+            let _gauge = meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_unit(unit)
+                .with_callback(move |observer| {
+                    let pools = pools.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (pool, usage) in pools.iter() {
+                        observer.observe(value(usage), &[KeyValue::new("pool", pool.clone())]);
+                    }
+                })
+                .build();
+        }
+        metrics.otel = Some(OtelInstruments {
+            reconcile_duration,
+            reconcile_errors,
+        });
+        metrics
+    }
+
     /// Starts timing one reconcile of `controller`; the time is recorded when the result is
     /// dropped, however the reconcile ends.
     pub fn reconcile_timer(&self, controller: &'static str) -> ReconcileTimer<'_> {
         ReconcileTimer {
-            histogram: &self.reconcile_duration,
+            metrics: self,
             controller,
             started: Instant::now(),
         }
@@ -192,10 +321,23 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+        if let Some(otel) = &self.otel {
+            otel.reconcile_errors.add(
+                1,
+                &[
+                    KeyValue::new("controller", controller),
+                    KeyValue::new("kind", kind.to_owned()),
+                ],
+            );
+        }
     }
 
     /// Sets the gauges of `pool`.
     pub fn set_pool_usage(&self, pool: &str, usage: &PoolUsage) {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pool.to_owned(), usage.clone());
         let labels = PoolLabels {
             pool: pool.to_owned(),
         };
@@ -213,6 +355,10 @@ impl Metrics {
 
     /// Drops the gauges of a deleted pool.
     pub fn forget_pool(&self, pool: &str) {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(pool);
         let labels = PoolLabels {
             pool: pool.to_owned(),
         };

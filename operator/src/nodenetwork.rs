@@ -65,6 +65,7 @@ use crate::lifecycle::{self, Growth};
 use crate::metrics::{Metrics, controllers};
 use crate::pools::{NodeAddresses, Overlaps};
 use crate::release;
+use crate::telemetry;
 
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "ferrite-operator";
@@ -470,7 +471,11 @@ pub async fn run(
                 .reconcile_all_on(spec_changes)
                 .with_config(controller::Config::default().concurrency(settings.concurrency))
                 .graceful_shutdown_on(shutdown)
-                .run(reconcile, error_policy, context)
+                .run(
+                    telemetry::traced(controllers::NODE_NETWORK, reconcile),
+                    error_policy,
+                    context,
+                )
                 .for_each(|result| {
                     log_outcome(result);
                     ready(())

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::lifecycle::{self, Release, ReleaseReason};
 use crate::metrics::{Metrics, controllers};
+use crate::telemetry;
 
 /// Keeps a NodeNetwork, and so its blocks, until nothing on its node uses them.
 pub const FINALIZER: &str = "ferrite.dev/release-blocks";
@@ -107,7 +108,11 @@ pub(crate) struct Context {
 pub(crate) async fn drive(controller: Controller<NodeNetwork>, context: Arc<Context>) {
     use futures::StreamExt as _;
     controller
-        .run(reconcile, error_policy, context)
+        .run(
+            telemetry::traced(controllers::NODE_NETWORK_RELEASE, reconcile),
+            error_policy,
+            context,
+        )
         .for_each(|result| {
             log_outcome(result);
             std::future::ready(())
