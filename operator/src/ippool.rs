@@ -34,7 +34,7 @@ use ferrite_crds::{ClusterNetwork, IPPool, IPPoolStatus, NodeNetwork};
 use futures::channel::mpsc;
 use futures::{FutureExt, Stream, StreamExt};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -296,16 +296,8 @@ pub async fn run(
 /// Keeps of a Node only what the pool rules read (its name and addresses): a large cluster's
 /// Nodes carry images and conditions that would otherwise fill the cache.
 fn strip_node(node: &mut Node) {
-    node.managed_fields_mut().clear();
-    node.annotations_mut().clear();
+    crate::nodenetwork::strip_node(node);
     node.labels_mut().clear();
-    node.spec = None;
-    if let Some(status) = node.status.as_mut() {
-        *status = NodeStatus {
-            addresses: status.addresses.take(),
-            ..NodeStatus::default()
-        };
-    }
 }
 
 /// Drives a cache's watch, logging its errors, and signals `changed` when an event changes

@@ -384,12 +384,19 @@ pub async fn run(
     let (pools, pools_writer) = reflector::store::<IPPool>();
     let (cluster_networks, cluster_networks_writer) = reflector::store::<ClusterNetwork>();
     // The release controller's cache of every NodeNetwork is the block choice's, too.
-    let release_controller = Controller::new(
+    // NB: managed fields are most of a NodeNetwork's size and nothing here reads them; the
+    // cache holds one per Node (the 1,000-node benchmark's memory goal).
+    let (node_networks, node_networks_writer) = reflector::store::<NodeNetwork>();
+    let node_network_events = watcher(
         Api::<NodeNetwork>::all(client.clone()),
         watcher::Config::default(),
     )
-    .graceful_shutdown_on(shutdown.clone());
-    let node_networks = release_controller.store();
+    .default_backoff()
+    .modify(|nn| nn.managed_fields_mut().clear())
+    .reflect(node_networks_writer)
+    .applied_objects();
+    let release_controller = Controller::for_stream(node_network_events, node_networks.clone())
+        .graceful_shutdown_on(shutdown.clone());
     let release_context = Arc::new(release::Context {
         api: Api::all(client.clone()),
         grace: settings.release_grace,
@@ -452,8 +459,14 @@ pub async fn run(
                 node_networks = node_networks.len(),
                 "caches filled; reconciling nodes"
             );
-            let controller =
-                Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default());
+            // Only what block choice reads is cached of each Node (see `strip_node`).
+            let (nodes, nodes_writer) = reflector::store::<Node>();
+            let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+                .default_backoff()
+                .modify(strip_node)
+                .reflect(nodes_writer)
+                .applied_objects();
+            let controller = Controller::for_stream(node_events, nodes);
             let context = Arc::new(Context {
                 api: Api::all(client.clone()),
                 pools,
@@ -491,6 +504,21 @@ pub async fn run(
     }
     metrics.controller_stopped(controllers::NODE_NETWORK);
     metrics.controller_stopped(controllers::NODE_NETWORK_RELEASE);
+}
+
+/// Keeps of a Node what the NodeNetwork controller reads: its metadata but managed fields
+/// and annotations (labels are matched by pools' nodeSelectors) and its addresses. A large
+/// cluster's Nodes carry images and conditions that would otherwise fill the cache.
+pub(crate) fn strip_node(node: &mut Node) {
+    node.managed_fields_mut().clear();
+    node.annotations_mut().clear();
+    node.spec = None;
+    if let Some(status) = node.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::NodeStatus {
+            addresses: status.addresses.take(),
+            ..Default::default()
+        };
+    }
 }
 
 /// Drives a cache's watch, logging its errors, and signals `changed` on every event.
