@@ -513,3 +513,59 @@ async fn a_leader_that_loses_the_lease_stops_and_exits_non_zero() -> Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the Kubernetes binaries `make up` builds (no cluster): see the module docs"]
+async fn a_node_whose_agent_reports_its_blocks_nearly_full_gets_another_block() -> Result<()> {
+    let binary = controlplane::operator_binary(false)?;
+    let cp = control_plane(Options::default()).await?;
+    let op = operator(&cp, &binary, "operator-a", &[])?;
+    create_node(&cp.client, "node-a", node_ip(1)).await?;
+    let first = single_block(&node_network_with_block(&cp.client, "node-a", &[&op]).await?)?;
+    let node_networks: Api<NodeNetwork> = Api::all(cp.client.clone());
+    // The agent's report, as the agent writes it (a merge patch of the status subresource).
+    let report = |allocated: u32| {
+        serde_json::json!({"status": {
+            "agent": {"ready": true, "lastHeartbeat": k8s_openapi::jiff::Timestamp::now().to_string()},
+            "blocks": [{"cidr": first.to_string(), "allocated": allocated, "capacity": 62}],
+        }})
+    };
+    // Plenty free: the node keeps one block.
+    node_networks
+        .patch_status("node-a", &PatchParams::default(), &Patch::Merge(&report(20)))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let nn = node_networks.get("node-a").await?;
+    ensure!(
+        nn.spec.blocks.len() == 1,
+        "node-a got a block with 42 of 62 addresses free: {:?}",
+        nn.spec.blocks
+    );
+    // 58 of 62 in use (fewer than 8 free): a second block, distinct and inside the pool.
+    node_networks
+        .patch_status("node-a", &PatchParams::default(), &Patch::Merge(&report(58)))
+        .await?;
+    let grown = wait_for(
+        "node-a to get a second block",
+        NODE_NETWORK_TIMEOUT,
+        || async {
+            let nn = node_networks.get("node-a").await?;
+            Ok((nn.spec.blocks.len() == 2).then_some(nn))
+        },
+    )
+    .await
+    .with_context(|| logs(&[&op]))?;
+    let blocks = grown
+        .spec
+        .blocks
+        .iter()
+        .map(|b| b.net())
+        .collect::<Result<Vec<IpNet>, _>>()?;
+    ensure!(blocks[0] == first, "the first block changed: {blocks:?}");
+    ensure!(
+        blocks[1] != first && pool().contains(&blocks[1]),
+        "the second block {} is not a new block of {DEFAULT_POOL}",
+        blocks[1]
+    );
+    Ok(())
+}
