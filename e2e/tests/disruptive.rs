@@ -315,3 +315,86 @@ async fn killing_the_operator_mid_rollout_resumes_and_converges() -> Result<()> 
     .await?;
     result
 }
+
+/// More pods on one node than its first /26 holds (62 addresses): the agent reports the
+/// block filling up, the operator adds a block, the agent hands addresses out of it, and the
+/// other nodes route to it. Serialized: it fills one node with pods.
+#[tokio::test]
+#[ignore = "needs the local cluster: `make up`, then `make e2e`"]
+async fn a_node_running_more_pods_than_its_block_holds_gets_another_block() -> Result<()> {
+    const PODS: usize = 70;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::connect().await?;
+    let ns = TestNamespace::create(&cluster, "grow").await?;
+    let nodes = cluster.node_names().await?;
+    let (full, other) = (&nodes[0], &nodes[1]);
+    let node_networks: Api<ferrite_crds::NodeNetwork> = Api::all(cluster.client.clone());
+    let before = node_networks.get(full).await?.spec.blocks;
+    let api = ns.pods();
+    for i in 0..PODS {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("p{i}"), "labels": {"app": "grow"}},
+            "spec": {
+                "terminationGracePeriodSeconds": 0,
+                "nodeSelector": {"kubernetes.io/hostname": full},
+                "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10.1",
+                                "imagePullPolicy": "Never",
+                                "resources": {"requests": {"cpu": "1m", "memory": "4Mi"}}}]
+            }
+        }))?;
+        api.create(&kube::api::PostParams::default(), &pod).await?;
+    }
+    let addresses = wait_for(
+        &format!("{PODS} pods on {full} to be Running with an address"),
+        Duration::from_secs(600),
+        || async {
+            let pods = api.list(&ListParams::default().labels("app=grow")).await?;
+            let running: Vec<String> = pods
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+                .collect();
+            Ok((running.len() == PODS).then_some(running))
+        },
+    )
+    .await?;
+    let distinct: std::collections::BTreeSet<&String> = addresses.iter().collect();
+    ensure!(
+        distinct.len() == PODS,
+        "{} distinct addresses among {PODS} pods",
+        distinct.len()
+    );
+    let after = node_networks.get(full).await?.spec.blocks;
+    ensure!(
+        after.len() > before.len(),
+        "{full} still holds {after:?} with {PODS} more pods (before: {before:?})"
+    );
+    let new_blocks: Vec<ipnet::IpNet> = after
+        .iter()
+        .filter(|b| !before.contains(b))
+        .map(|b| b.net())
+        .collect::<Result<_, _>>()?;
+    // A server in a new block, reached from another node: the peers route the new block.
+    let server = ns.pod("server").on_node(full).create().await?;
+    let server_ip = pod_ip(&server)?;
+    let ip: std::net::IpAddr = server_ip.parse()?;
+    // The first block is full of the pause pods: the server's address is a new block's.
+    ensure!(
+        new_blocks.iter().any(|b| b.contains(&ip)),
+        "the server got {ip}, not an address of the new blocks {new_blocks:?}"
+    );
+    ns.pod("client").on_node(other).create().await?;
+    wait_for(
+        &format!("client on {other} to reach the server at {server_ip}"),
+        Duration::from_secs(60),
+        || async { Ok(probe(&ns, "client", &server_ip).await.then_some(())) },
+    )
+    .await?;
+    api.delete_collection(
+        &DeleteParams::default().grace_period(0),
+        &ListParams::default().labels("app=grow"),
+    )
+    .await?;
+    Ok(())
+}

@@ -532,7 +532,11 @@ async fn a_node_whose_agent_reports_its_blocks_nearly_full_gets_another_block() 
     };
     // Plenty free: the node keeps one block.
     node_networks
-        .patch_status("node-a", &PatchParams::default(), &Patch::Merge(&report(20)))
+        .patch_status(
+            "node-a",
+            &PatchParams::default(),
+            &Patch::Merge(&report(20)),
+        )
         .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let nn = node_networks.get("node-a").await?;
@@ -543,7 +547,11 @@ async fn a_node_whose_agent_reports_its_blocks_nearly_full_gets_another_block() 
     );
     // 58 of 62 in use (fewer than 8 free): a second block, distinct and inside the pool.
     node_networks
-        .patch_status("node-a", &PatchParams::default(), &Patch::Merge(&report(58)))
+        .patch_status(
+            "node-a",
+            &PatchParams::default(),
+            &Patch::Merge(&report(58)),
+        )
         .await?;
     let grown = wait_for(
         "node-a to get a second block",

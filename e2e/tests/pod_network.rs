@@ -200,8 +200,8 @@ async fn a_hundred_pods_get_a_hundred_distinct_addresses_and_give_them_back() ->
             "metadata": {"name": format!("p{i}"), "labels": {"app": "hundred"}},
             "spec": {
                 "terminationGracePeriodSeconds": 0,
-                // Spread over the nodes: a node has one /26 block (62 addresses) until the
-                // operator adds blocks when one runs full (issue 5).
+                // Spread over the nodes, as a Deployment's owner would; a node that fills its
+                // blocks gets another (disruptive.rs tests that on one node).
                 "topologySpreadConstraints": [{
                     "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                     "whenUnsatisfiable": "DoNotSchedule",
