@@ -13,7 +13,7 @@ use std::time::Duration;
 use ferrite_crds::clusternetwork::SINGLETON_NAME;
 use ferrite_crds::{ClusterNetwork, ClusterNetworkStatus, NodeNetwork};
 use futures::channel::mpsc;
-use futures::{FutureExt as _, Stream, StreamExt as _};
+use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::agentset::{self, AGENT_NAME, AgentDefaults};
 use crate::metrics::{Metrics, controllers};
+use crate::nodenetwork::forward;
 use crate::rollout::{self, AgentReport, DaemonSetView, NodeView, Observed};
 use crate::telemetry;
 
@@ -176,24 +177,6 @@ pub async fn run(
         _ = caches => warn!("the Node and NodeNetwork caches stopped"),
     }
     metrics.controller_stopped(controllers::CLUSTER_NETWORK);
-}
-
-async fn forward<K>(
-    kind: &'static str,
-    events: impl Stream<Item = Result<K, watcher::Error>>,
-    changed: mpsc::UnboundedSender<()>,
-) {
-    events
-        .for_each(|event| {
-            match event {
-                Ok(_) => {
-                    let _ = changed.unbounded_send(());
-                }
-                Err(error) => warn!(kind, "watching: {error} (retrying)"),
-            }
-            futures::future::ready(())
-        })
-        .await;
 }
 
 async fn apply<K>(api: Api<K>, object: &K) -> Result<K, kube::Error>

@@ -522,7 +522,7 @@ pub(crate) fn strip_node(node: &mut Node) {
 }
 
 /// Drives a cache's watch, logging its errors, and signals `changed` on every event.
-async fn forward<K>(
+pub(crate) async fn forward<K>(
     kind: &'static str,
     events: impl Stream<Item = Result<K, watcher::Error>>,
     changed: mpsc::UnboundedSender<()>,
