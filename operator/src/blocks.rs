@@ -536,7 +536,7 @@ fn net_at(family: IpNet, at: u128, prefix: u8) -> Option<IpNet> {
 mod tests {
     use std::time::Instant;
 
-    use ferrite_crds::{Cidr, IPPoolSpec};
+    use ferrite_crds::Cidr;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 
     use super::*;
@@ -550,19 +550,7 @@ mod tests {
 
     impl Pool {
         fn new(name: &str, cidr: &str, block_size: u8) -> Self {
-            Self(IPPool::new(
-                name,
-                IPPoolSpec {
-                    cidr: Cidr(cidr.into()),
-                    block_size,
-                    node_selector: None,
-                    namespace_selector: None,
-                    allowed_uses: vec![AllowedUse::Pod],
-                    nat_outgoing: true,
-                    disabled: false,
-                    reserved_ranges: vec![],
-                },
-            ))
+            Self(crate::testing::pool(name, cidr, block_size))
         }
 
         fn reserved(mut self, ranges: &[&str]) -> Self {

@@ -524,7 +524,7 @@ fn error_policy(pool: Arc<IPPool>, error: &Error, ctx: Arc<Context>) -> Action {
 #[cfg(test)]
 mod tests {
     use ferrite_crds::conditions::reasons;
-    use ferrite_crds::{AllowedUse, Cidr, IPPoolSpec, IpAddress, NodeNetworkSpec};
+    use ferrite_crds::{Cidr, IpAddress, NodeNetworkSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
 
@@ -539,19 +539,7 @@ mod tests {
 
     impl TestPool {
         fn new(name: &str, cidr: &str) -> Self {
-            let mut pool = IPPool::new(
-                name,
-                IPPoolSpec {
-                    cidr: Cidr(cidr.into()),
-                    block_size: 26,
-                    node_selector: None,
-                    namespace_selector: None,
-                    allowed_uses: vec![AllowedUse::Pod],
-                    nat_outgoing: true,
-                    disabled: false,
-                    reserved_ranges: vec![],
-                },
-            );
+            let mut pool = crate::testing::pool(name, cidr, 26);
             pool.metadata.uid = Some(format!("uid-{name}"));
             pool.metadata.generation = Some(1);
             pool.metadata.resource_version = Some("1".into());

@@ -792,7 +792,6 @@ fn error_policy(node: Arc<Node>, error: &Error, ctx: Arc<Context>) -> Action {
 mod tests {
     use std::collections::BTreeMap;
 
-    use ferrite_crds::{AllowedUse, IPPoolSpec};
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::jiff::Timestamp;
@@ -872,19 +871,7 @@ mod tests {
     }
 
     fn pool(name: &str, cidr: &str) -> IPPool {
-        IPPool::new(
-            name,
-            IPPoolSpec {
-                cidr: Cidr(cidr.into()),
-                block_size: 26,
-                node_selector: None,
-                namespace_selector: None,
-                allowed_uses: vec![AllowedUse::Pod],
-                nat_outgoing: true,
-                disabled: false,
-                reserved_ranges: vec![],
-            },
-        )
+        crate::testing::pool(name, cidr, 26)
     }
 
     fn net(s: &str) -> IpNet {

@@ -641,9 +641,7 @@ impl Transition {
 
 #[cfg(test)]
 mod tests {
-    use ferrite_crds::{
-        AllowedUse, BlockUsage, Cidr, IPPoolSpec, NodeNetworkSpec, NodeNetworkStatus,
-    };
+    use ferrite_crds::{BlockUsage, Cidr, NodeNetworkSpec, NodeNetworkStatus};
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
     use k8s_openapi::jiff::Timestamp;
 
@@ -659,19 +657,7 @@ mod tests {
 
     /// A pool created at `created` (seconds since the epoch).
     fn pool(name: &str, cidr: &str, created: i64) -> IPPool {
-        let mut p = IPPool::new(
-            name,
-            IPPoolSpec {
-                cidr: Cidr(cidr.into()),
-                block_size: 26,
-                node_selector: None,
-                namespace_selector: None,
-                allowed_uses: vec![AllowedUse::Pod],
-                nat_outgoing: true,
-                disabled: false,
-                reserved_ranges: vec![],
-            },
-        );
+        let mut p = crate::testing::pool(name, cidr, 26);
         p.metadata.creation_timestamp = Some(at(created));
         p
     }

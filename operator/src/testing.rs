@@ -16,6 +16,24 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
+/// An IPPool of pod addresses as users write one (`natOutgoing`, nothing reserved, enabled);
+/// tests change the fields they are about.
+pub fn pool(name: &str, cidr: &str, block_size: u8) -> ferrite_crds::IPPool {
+    ferrite_crds::IPPool::new(
+        name,
+        ferrite_crds::IPPoolSpec {
+            cidr: ferrite_crds::Cidr(cidr.into()),
+            block_size,
+            node_selector: None,
+            namespace_selector: None,
+            allowed_uses: vec![ferrite_crds::AllowedUse::Pod],
+            nat_outgoing: true,
+            disabled: false,
+            reserved_ranges: vec![],
+        },
+    )
+}
+
 /// A filled cache holding `objects`, as a reflector leaves it after its first list.
 pub fn store<K>(objects: Vec<K>) -> Store<K>
 where
