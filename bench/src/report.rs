@@ -325,6 +325,19 @@ pub fn ratio_of_medians(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
+/// The summary's goal lines, the goal's name padded to `width`.
+fn goal_lines(out: &mut String, goals: &[Goal], width: usize) {
+    for g in goals {
+        let _ = writeln!(
+            out,
+            "  goal {:<width$} {:>10}  {}",
+            g.what,
+            g.measured,
+            met(g.met).trim_matches('*')
+        );
+    }
+}
+
 fn goals_table(out: &mut String, goals: &[Goal]) {
     out.push_str("| goal | measured | |\n|---|---|---|\n");
     for g in goals {
@@ -788,15 +801,7 @@ pub fn summary(r: &Report) -> String {
                 c.allocations_after,
                 c.leftover_interfaces
             );
-            for g in l.goals() {
-                let _ = writeln!(
-                    out,
-                    "  goal {:<36} {:>10}  {}",
-                    g.what,
-                    g.measured,
-                    met(g.met).trim_matches('*')
-                );
-            }
+            goal_lines(&mut out, &l.goals(), 36);
         }
     }
     match &r.throughput {
@@ -820,15 +825,7 @@ pub fn summary(r: &Report) -> String {
                     times(ratio_of_medians(runs, raw))
                 );
             }
-            for g in t.goals() {
-                let _ = writeln!(
-                    out,
-                    "  goal {:<36} {:>10}  {}",
-                    g.what,
-                    g.measured,
-                    met(g.met).trim_matches('*')
-                );
-            }
+            goal_lines(&mut out, &t.goals(), 36);
         }
     }
     match &r.operator {
@@ -845,15 +842,7 @@ pub fn summary(r: &Report) -> String {
                 o.peak_mb(),
                 secs(o.cpu)
             );
-            for g in o.goals() {
-                let _ = writeln!(
-                    out,
-                    "  goal {:<44} {:>10}  {}",
-                    g.what,
-                    g.measured,
-                    met(g.met).trim_matches('*')
-                );
-            }
+            goal_lines(&mut out, &o.goals(), 44);
         }
     }
     out
