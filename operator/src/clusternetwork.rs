@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_crds::clusternetwork::SINGLETON_NAME;
-use ferrite_crds::{ClusterNetwork, ClusterNetworkStatus, NodeNetwork};
+use ferrite_crds::{ClusterNetwork, NodeNetwork};
 use futures::channel::mpsc;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -192,7 +192,8 @@ where
     .await
 }
 
-/// Applies the node side; the DaemonSet as the apiserver returned it.
+/// Applies the node side and remembers it for [`needs_apply`]; the DaemonSet as the
+/// apiserver returned it.
 async fn apply_agent(ctx: &Context, cn: &ClusterNetwork) -> Result<DaemonSet, String> {
     let objects = agentset::render(cn, &ctx.settings.agent).map_err(|e| e.to_string())?;
     let ns = ctx.settings.agent.namespace.as_str();
@@ -216,12 +217,14 @@ async fn apply_agent(ctx: &Context, cn: &ClusterNetwork) -> Result<DaemonSet, St
     )
     .await
     .map_err(|e| named("clusterrolebinding", e))?;
-    apply(
+    let ds = apply(
         Api::<DaemonSet>::namespaced(client.clone(), ns),
         &objects.daemon_set,
     )
     .await
-    .map_err(|e| named("daemonset", e))
+    .map_err(|e| named("daemonset", e))?;
+    remember_applied(ctx, cn);
+    Ok(ds)
 }
 
 fn daemon_set_view(ds: &DaemonSet) -> DaemonSetView {
@@ -311,11 +314,6 @@ fn remember_applied(ctx: &Context, cn: &ClusterNetwork) {
         Some((uid, generation, std::time::Instant::now()));
 }
 
-/// Whether writing `next` over `previous` would tell a reader anything new.
-fn differs(previous: Option<&ClusterNetworkStatus>, next: &ClusterNetworkStatus) -> bool {
-    previous != Some(next)
-}
-
 async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
     if cn.name_any() != SINGLETON_NAME || cn.metadata.deletion_timestamp.is_some() {
         // Deleting the ClusterNetwork: its owned objects go with it (owner references).
@@ -323,11 +321,7 @@ async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action,
     }
     let _timer = ctx.metrics.reconcile_timer(controllers::CLUSTER_NETWORK);
     let ds = if needs_apply(&ctx, &cn) {
-        let ds = apply_agent(&ctx, &cn).await;
-        if ds.is_ok() {
-            remember_applied(&ctx, &cn);
-        }
-        ds
+        apply_agent(&ctx, &cn).await
     } else {
         // Agents report every minute: most reconciles only recompute the status. A
         // DaemonSet gone since (deleted by hand) is applied again at once.
@@ -336,13 +330,7 @@ async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action,
             .await
         {
             Ok(Some(ds)) => Ok(ds),
-            Ok(None) => {
-                let ds = apply_agent(&ctx, &cn).await;
-                if ds.is_ok() {
-                    remember_applied(&ctx, &cn);
-                }
-                ds
-            }
+            Ok(None) => apply_agent(&ctx, &cn).await,
             Err(e) => Err(format!("daemonset: {e}")),
         }
     };
@@ -354,7 +342,8 @@ async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action,
     let observed = observe(&ctx, &cn, ds);
     let previous = cn.status.as_ref();
     let next = rollout::status(&observed, previous);
-    if differs(previous, &next) {
+    // Written only when a reader would see something new.
+    if previous != Some(&next) {
         let api = Api::<ClusterNetwork>::all(ctx.client.clone());
         let patch = serde_json::json!({
             "apiVersion": ClusterNetwork::api_version(&()),
