@@ -317,30 +317,38 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        // NB: Drop cannot be async and may run while a test panics inside a runtime, so the
-        // delete runs on its own thread with its own runtime — and its own client: a clone of
-        // ours would hand the request to a worker task on the test's runtime, which is blocked
-        // right here in join().
-        let name = self.name.clone();
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let cluster = Cluster::connect().await?;
-                let api: Api<Namespace> = Api::all(cluster.client);
-                api.delete(&name, &DeleteParams::background()).await?;
-                anyhow::Ok(())
-            })
-        });
-        if let Ok(Err(e)) = done.join() {
-            #[expect(clippy::print_stderr, reason = "Drop cannot return the error")]
-            {
-                eprintln!(
-                    "warning: could not delete test namespace {}: {e:#}",
-                    self.name
-                );
-            }
+        delete_from_drop::<Namespace>(&self.name, "test namespace");
+    }
+}
+
+/// Deletes the cluster-scoped object `name` of kind `K` from a `Drop`, warning (as `what`)
+/// when it cannot. NB: Drop cannot be async and may run while a test panics inside a runtime,
+/// so the delete runs on its own thread with its own runtime — and its own client: a clone of
+/// the test's would hand the request to a worker task on the test's runtime, which is blocked
+/// right here in join().
+pub fn delete_from_drop<K>(name: &str, what: &str)
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let owned = name.to_owned();
+    let done = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let cluster = Cluster::connect().await?;
+            let api: Api<K> = Api::all(cluster.client);
+            api.delete(&owned, &DeleteParams::background()).await?;
+            anyhow::Ok(())
+        })
+    });
+    if let Ok(Err(e)) = done.join() {
+        #[expect(clippy::print_stderr, reason = "Drop cannot return the error")]
+        {
+            eprintln!("warning: could not delete {what} {name}: {e:#}");
         }
     }
 }

@@ -19,7 +19,7 @@ use ferrite_e2e::argo::{self, Health, HealthScript, HealthStatus};
 use ferrite_e2e::{Cluster, wait_for};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
 
 const CLUSTER_NETWORK: &str = "ClusterNetwork";
@@ -690,27 +690,7 @@ impl TestPool {
 
 impl Drop for TestPool {
     fn drop(&mut self) {
-        // NB: as TestNamespace's Drop: its own thread, runtime and client, since the test's
-        // runtime is blocked right here.
-        let name = self.name.clone();
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let cluster = Cluster::connect().await?;
-                api::<IPPool>(&cluster)
-                    .delete(&name, &DeleteParams::background())
-                    .await?;
-                anyhow::Ok(())
-            })
-        });
-        if let Ok(Err(e)) = done.join() {
-            #[expect(clippy::print_stderr, reason = "Drop cannot return the error")]
-            {
-                eprintln!("warning: could not delete IPPool {}: {e:#}", self.name);
-            }
-        }
+        ferrite_e2e::delete_from_drop::<IPPool>(&self.name, "IPPool");
     }
 }
 
