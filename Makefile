@@ -46,7 +46,8 @@ smoke: rust ## cold: up, e2e tests, down, and check that nothing was left behind
 	e2e/scripts/smoke.sh
 
 bench: rust ## as root: CNI latency vs the reference plugins, pod throughput vs raw veth, the operator at 1,000 Nodes (writes docs/benchmarks.md; BENCH_ARGS=...)
-	$(CARGO) build --release --locked -p ferrite-agent -p ferrite-cni -p ferrite-operator
+	$(CARGO) build --release --locked -p ferrite-agent -p ferrite-operator
+	scripts/build-plugin.sh >/dev/null
 	$(CARGO) run --release --locked -p ferrite-bench -- --out docs/benchmarks.md $(BENCH_ARGS)
 
 conformance: ## upstream sig-network suites against the running cluster (SUITES=..., PROCS=...)

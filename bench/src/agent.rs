@@ -61,8 +61,14 @@ pub fn node_config(
 
 impl Agent {
     /// Starts `ferrite-agent` inside `node` (`ip netns exec`) with `config`, its files under
-    /// `dir`, and waits until `/readyz` answers 200.
-    pub fn start(binary: &Path, node: &Netns, dir: &Path, config: &NodeConfig) -> Result<Self> {
+    /// `dir` and its IPAM state in `state_dir`, and waits until `/readyz` answers 200.
+    pub fn start(
+        binary: &Path,
+        node: &Netns,
+        dir: &Path,
+        state_dir: &Path,
+        config: &NodeConfig,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let config_path = dir.join("node.json");
         write_config(&config_path, config)?;
@@ -74,7 +80,7 @@ impl Agent {
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
-            .arg(dir.join("state"))
+            .arg(state_dir)
             .arg("--spool-dir")
             .arg(&spool)
             .args(["--health-addr", HEALTH_ADDR, "--log", "info"])

@@ -108,9 +108,14 @@ impl Plugin {
             let started = Instant::now();
             let mut child = cmd.spawn().context("starting the plugin")?;
             if let Some(mut stdin) = child.stdin.take() {
-                stdin
-                    .write_all(conf)
-                    .context("writing the network configuration")?;
+                // A plugin may answer without reading its input (bridge's VERSION does, and
+                // may exit first): as for a runtime, its exit status and output decide.
+                match stdin.write_all(conf) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        return Err(e).context("writing the network configuration");
+                    }
+                    _ => {}
+                }
             }
             let output = child.wait_with_output().context("waiting for the plugin")?;
             Ok(Outcome {

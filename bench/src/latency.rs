@@ -53,7 +53,15 @@ pub fn run(bins: &Binaries, scratch: &ScratchDir, s: &Settings) -> Result<Latenc
         Routing::Native,
         &[],
     )?;
-    let mut agent = Agent::start(&bins.agent, &ferrite_node, &dir.join("agent"), &config)?;
+    // The IPAM state on a tmpfs, as the agent keeps it on a node (`/run/ferrite/state`).
+    let state = scratch.ram_sub("latency-agent-state")?;
+    let mut agent = Agent::start(
+        &bins.agent,
+        &ferrite_node,
+        &dir.join("agent"),
+        &state,
+        &config,
+    )?;
     let cni_path = format!("{}:{}", bins.dir.display(), bins.reference_dir.display());
     let ferrite = Plugin {
         binary: bins.plugin.clone(),
@@ -168,6 +176,8 @@ pub fn run(bins: &Binaries, scratch: &ScratchDir, s: &Settings) -> Result<Latenc
         agent_add_mean,
         agent_del_mean,
         allocations_after_cycles,
+        agent_state_fs: sys::fs_type(&state)?,
+        reference_data_fs: sys::fs_type(&dir)?,
         concurrent,
     })
 }

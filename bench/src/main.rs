@@ -43,6 +43,10 @@ struct Args {
     /// metadata`).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The `ferrite` plugin to measure (default: the static build `scripts/build-plugin.sh`
+    /// makes, as the agent image ships it: `<target dir>/<arch>-unknown-linux-gnu/release/ferrite`).
+    #[arg(long)]
+    plugin: Option<PathBuf>,
     /// Where the reference plugins (`bridge`, `host-local`) are.
     #[arg(long, default_value = "/usr/lib/cni")]
     reference_dir: PathBuf,
@@ -195,9 +199,15 @@ fn binaries(args: &Args, datapath: bool, operator: bool) -> Result<Binaries> {
         Some(d) => d.clone(),
         None => target_dir()?.join("release"),
     };
+    let plugin = match &args.plugin {
+        Some(p) => p.clone(),
+        None => target_dir()?
+            .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+            .join("release/ferrite"),
+    };
     let bins = Binaries {
         agent: dir.join("ferrite-agent"),
-        plugin: dir.join("ferrite"),
+        plugin,
         operator: dir.join("ferrite-operator"),
         dir,
         reference_dir: args.reference_dir.clone(),
@@ -212,7 +222,7 @@ fn binaries(args: &Args, datapath: bool, operator: bool) -> Result<Binaries> {
     for b in needed {
         if !b.is_file() {
             bail!(
-                "{} does not exist: build it with `cargo build --release --locked -p ferrite-agent -p ferrite-cni -p ferrite-operator` (`make bench` does), or point --bin-dir at it",
+                "{} does not exist: build it with `cargo build --release --locked -p ferrite-agent -p ferrite-operator && scripts/build-plugin.sh` (`make bench` does), or point --bin-dir/--plugin at it",
                 b.display()
             );
         }

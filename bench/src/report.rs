@@ -89,6 +89,10 @@ pub struct LatencyReport {
     pub agent_del_mean: Option<Duration>,
     /// Allocations `/ipam` listed after the sequential cycles (should be none).
     pub allocations_after_cycles: usize,
+    /// The file system type of the agent's state directory (`tmpfs`).
+    pub agent_state_fs: String,
+    /// The file system type of host-local's `dataDir` (the scratch directory's).
+    pub reference_data_fs: String,
     /// The concurrent check.
     pub concurrent: Concurrent,
 }
@@ -358,13 +362,15 @@ pub fn markdown(r: &Report) -> String {
         "Ferrite side by side with the reference CNI plugins (`bridge` + `host-local`) and with raw \
          veth, on one machine, in one run. Everything runs in network namespaces the benchmark \
          creates (`feb-<pid>-...`) and removes; the host's own network namespace is not touched. \
-         Real binaries throughout: the release builds of `ferrite-agent` and the `ferrite` plugin, \
+         Real binaries throughout: the release builds of `ferrite-agent` and of the `ferrite` \
+         plugin (linked statically, as the agent image ships it), \
          Debian's reference plugins, iperf3. Benchmark 3 times the release build of \
          `ferrite-operator` against a private etcd and kube-apiserver on loopback.\n\n",
     );
     out.push_str("Reproduce (as root): `make bench`, which runs\n\n```sh\n");
     out.push_str(
-        "cargo build --release --locked -p ferrite-agent -p ferrite-cni -p ferrite-operator\n",
+        "cargo build --release --locked -p ferrite-agent -p ferrite-operator\n\
+         scripts/build-plugin.sh   # the plugin, static, as the agent image ships it\n",
     );
     out.push_str(
         "cargo run --release --locked -p ferrite-bench -- --out docs/benchmarks.md\n```\n\n",
@@ -415,11 +421,15 @@ fn latency_section(out: &mut String, section: &Section<LatencyReport>) {
     out.push_str(
         "* **Ferrite**: `ferrite-agent` runs in its node namespace (`ip netns exec`, static \
          `--config`: Native routing, one /24 block, no peers, no masquerading) and is ready \
-         (`/readyz` 200) before the first sample. The plugin gets \
+         (`/readyz` 200) before the first sample. Its IPAM state (`--state-dir`) is on a tmpfs \
+         (`/dev/shm/feb-<pid>/…`), as on a node, where the agent keeps it in `/run/ferrite` \
+         (a tmpfs on a standard node; `docs/pod-networking.md` says why the state need not \
+         outlive the boot). The plugin gets \
          `{\"cniVersion\":\"1.0.0\",\"name\":\"ferrite\",\"type\":\"ferrite\",\"agentSocket\":…,\"spoolDir\":…}`.\n\
          * **Reference**: `/usr/lib/cni/bridge` with `host-local` IPAM, `isGateway: true`, \
          `ipMasq: false`, its own bridge in its own node namespace, host-local's `dataDir` in the \
-         run's scratch directory (the \"direct exec\" reference of the project's research notes).\n\
+         run's scratch directory (its default, `/var/lib/cni/networks`, is on disk) (the \"direct \
+         exec\" reference of the project's research notes).\n\
          * Pod sandboxes (network namespaces) are created before the timed loop, one per cycle and \
          plugin, as a runtime creates them before calling CNI. Each cycle is ADD then DEL with a \
          fresh container ID, for Ferrite and for the reference, alternating which goes first. \
@@ -438,8 +448,9 @@ fn latency_section(out: &mut String, section: &Section<LatencyReport>) {
     };
     let _ = writeln!(
         out,
-        "{} counted cycles per plugin after {} warm-up cycles.\n",
-        l.cycles, l.warmup
+        "{} counted cycles per plugin after {} warm-up cycles. File systems: the agent's \
+         state on {}, host-local's `dataDir` on {}.\n",
+        l.cycles, l.warmup, l.agent_state_fs, l.reference_data_fs
     );
     out.push_str("| | ADD p50 | ADD p99 | DEL p50 | DEL p99 |\n|---|---|---|---|---|\n");
     for (name, add, del) in [
@@ -887,6 +898,8 @@ mod tests {
                 agent_add_mean: Some(Duration::from_micros(600)),
                 agent_del_mean: None,
                 allocations_after_cycles: 0,
+                agent_state_fs: "tmpfs".into(),
+                reference_data_fs: "ext4".into(),
                 concurrent: Concurrent {
                     n: 100,
                     add_failures: 2,

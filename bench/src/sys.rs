@@ -500,8 +500,10 @@ pub fn remove_leftovers() -> Result<Vec<String>> {
         ip(&["netns", "del", &name])?;
         removed.push(name);
     }
-    let tmp = std::env::temp_dir();
-    if let Ok(entries) = std::fs::read_dir(&tmp) {
+    for tmp in [std::env::temp_dir(), PathBuf::from(RAM_DIR)] {
+        let Ok(entries) = std::fs::read_dir(&tmp) else {
+            continue;
+        };
         let files: Vec<String> = entries
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -522,6 +524,47 @@ pub fn remove_leftovers() -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Whether `mount_point` is a tmpfs mount.
+fn is_tmpfs(mount_point: &Path) -> Result<bool> {
+    Ok(mounts()?
+        .into_iter()
+        .rfind(|(at, _)| at == mount_point)
+        .is_some_and(|(_, kind)| kind == "tmpfs"))
+}
+
+/// The type of the file system `path` is on (`ext4`, `tmpfs`, ...): the last mount in
+/// `/proc/self/mounts` whose mount point is the longest prefix of `path`.
+pub fn fs_type(path: &Path) -> Result<String> {
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))?;
+    let mut best: Option<(PathBuf, String)> = None;
+    for (at, kind) in mounts()? {
+        let longer = best
+            .as_ref()
+            .is_none_or(|(b, _)| at.as_os_str().len() >= b.as_os_str().len());
+        if path.starts_with(&at) && longer {
+            best = Some((at, kind));
+        }
+    }
+    best.map(|(_, kind)| kind)
+        .with_context(|| format!("no mount holds {}", path.display()))
+}
+
+/// `(mount point, file system type)` of every mount, in mount order.
+fn mounts() -> Result<Vec<(PathBuf, String)>> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    Ok(mounts
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let (_, at, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            Some((PathBuf::from(at), kind.to_owned()))
+        })
+        .collect())
+}
+
 /// The benchmark pid in a `feb-<pid>` or `feb-<pid>-...` name.
 pub fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("feb-")?;
@@ -529,9 +572,14 @@ pub fn owner_pid(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// A scratch directory, removed on drop unless kept.
+/// Where the benchmark keeps what a node keeps in RAM (a tmpfs: `/dev/shm`).
+const RAM_DIR: &str = "/dev/shm";
+
+/// A scratch directory, removed on drop unless kept, with a twin on a tmpfs for what a node
+/// keeps in RAM ([`ScratchDir::ram_sub`]).
 pub struct ScratchDir {
     path: PathBuf,
+    ram: PathBuf,
     keep: bool,
 }
 
@@ -544,7 +592,21 @@ impl ScratchDir {
                 .with_context(|| format!("removing a stale {}", path.display()))?;
         }
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { path, keep })
+        let ram = Path::new(RAM_DIR).join(format!("feb-{}", std::process::id()));
+        Ok(Self { path, ram, keep })
+    }
+
+    /// A subdirectory on a tmpfs, created: for state the agent keeps under `/run`, which is a
+    /// tmpfs on a standard node (the scratch directory itself may be on a disk).
+    pub fn ram_sub(&self, name: &str) -> Result<PathBuf> {
+        if !is_tmpfs(Path::new(RAM_DIR))? {
+            bail!(
+                "{RAM_DIR} is not a tmpfs here; the benchmark keeps the agent's state there, as a node keeps it in /run (a tmpfs)"
+            );
+        }
+        let p = self.ram.join(name);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(p)
     }
 
     /// A subdirectory, created.
@@ -559,8 +621,12 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         if self.keep {
             println!("kept the scratch directory {}", self.path.display());
+            if self.ram.exists() {
+                println!("kept its tmpfs part {}", self.ram.display());
+            }
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
+            let _ = std::fs::remove_dir_all(&self.ram);
         }
     }
 }

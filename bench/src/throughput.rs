@@ -153,8 +153,12 @@ pub fn run(bins: &Binaries, scratch: &ScratchDir, s: &Settings) -> Result<Throug
     progress("throughput: two agents, Native routing");
     let (n1, n2) = node_pair("tn", node_a, node_b)?;
     let (c1, c2) = configs(Routing::Native)?;
-    let mut a1 = Agent::start(&bins.agent, &n1, &dir.join("agent1"), &c1)?;
-    let mut a2 = Agent::start(&bins.agent, &n2, &dir.join("agent2"), &c2)?;
+    let (s1, s2) = (
+        scratch.ram_sub("agent1-state")?,
+        scratch.ram_sub("agent2-state")?,
+    );
+    let mut a1 = Agent::start(&bins.agent, &n1, &dir.join("agent1"), &s1, &c1)?;
+    let mut a2 = Agent::start(&bins.agent, &n2, &dir.join("agent2"), &s2, &c2)?;
     let p1 = Netns::create("tp1")?;
     let p2 = Netns::create("tp2")?;
     let plugin = |a: &Agent| Plugin {

@@ -8,16 +8,24 @@ source "$(dirname "$0")/env.sh"
 mkdir -p "$IMAGES" "$LOGS"
 cd "$REPO"
 log "cargo build --release (Ferrite's binaries)"
-cargo build --release --locked -p ferrite-agent -p ferrite-cni -p ferrite-operator -p ferrite-web >"$LOGS/cargo-release.log" 2>&1 \
+cargo build --release --locked -p ferrite-agent -p ferrite-operator -p ferrite-web >"$LOGS/cargo-release.log" 2>&1 \
   || die "cargo build --release failed, see $LOGS/cargo-release.log"
+# The plugin is linked statically: the runtime execs it for every ADD and DEL.
+PLUGIN=$("$REPO/scripts/build-plugin.sh" 2>>"$LOGS/cargo-release.log") \
+  || die "building the static CNI plugin failed, see $LOGS/cargo-release.log"
 T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 
-image() { # name entrypoint binary... (a bare name is ours, from $T; an absolute path is the host's)
+image() { # name entrypoint binary... (a bare name is ours, from $T; name=path is ours, from path;
+           # an absolute path is the host's, at the same place)
   local name=$1 entry=$2; shift 2
   local R b src dst; R=$(mktemp -d)
   mkdir -p "$R/usr/local/bin" "$R/tmp"
   for b in "$@"; do
-    case $b in /*) src=$b dst=$R$b ;; *) src=$T/$b dst=$R/usr/local/bin/$b ;; esac
+    case $b in
+      /*) src=$b dst=$R$b ;;
+      *=*) src=${b#*=} dst=$R/usr/local/bin/${b%%=*} ;;
+      *) src=$T/$b dst=$R/usr/local/bin/$b ;;
+    esac
     install -D -m 0755 "$src" "$dst"
     for lib in $(ldd "$src" | grep -oE '/[^ ]+'); do install -D -m 0755 "$lib" "$R$lib"; done
   done
@@ -30,6 +38,6 @@ image() { # name entrypoint binary... (a bare name is ours, from $T; an absolute
   rm -rf "$R"
 }
 # The agent drives nftables through `nft -j` (the nftables crate), so nft ships with it.
-image ferrite-agent ferrite-agent ferrite-agent ferrite /usr/sbin/nft
+image ferrite-agent ferrite-agent ferrite-agent "ferrite=$PLUGIN" /usr/sbin/nft
 image ferrite-operator ferrite-operator ferrite-operator
 image ferrite-web ferrite-web ferrite-web

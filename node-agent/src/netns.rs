@@ -7,7 +7,7 @@
 //! [`handle_in`] opens one there and hands it back to async code in the agent's namespace.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
@@ -35,16 +35,23 @@ where
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                move_into_link_name_space(ns, Some(LinkNameSpaceType::Network)).map_err(|e| {
-                    io::Error::other(format!("setns into the network namespace: {e}"))
-                })?;
+                enter(ns)?;
                 Ok(f())
             })
             .join()
-            .map_err(|_| {
-                io::Error::other("a thread working in another network namespace panicked")
-            })?
+            .map_err(|_| panicked())?
     })
+}
+
+/// Moves the calling thread into the network namespace `ns`. Only for threads of our own that
+/// end afterwards.
+fn enter(ns: BorrowedFd<'_>) -> io::Result<()> {
+    move_into_link_name_space(ns, Some(LinkNameSpaceType::Network))
+        .map_err(|e| io::Error::other(format!("setns into the network namespace: {e}")))
+}
+
+fn panicked() -> io::Error {
+    io::Error::other("a thread working in another network namespace panicked")
 }
 
 /// A route-netlink handle whose socket lives in the namespace `ns`. The connection is driven
@@ -57,6 +64,29 @@ pub fn handle_in(ns: BorrowedFd<'_>) -> io::Result<rtnetlink::Handle> {
         let _entered = runtime.enter();
         rtnetlink::new_connection().map(|(connection, handle, _)| (connection, handle))
     })??;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+/// Like [`handle_in`], but the calling task does not wait for the thread: the future resolves
+/// once the socket is open, so the caller can have other work done meanwhile (the pod's veth
+/// is created while its namespace's socket is being opened). Must be polled within a tokio
+/// runtime.
+pub async fn handle_in_background(ns: BorrowedFd<'_>) -> io::Result<rtnetlink::Handle> {
+    let ns: OwnedFd = ns.try_clone_to_owned()?;
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ferrite-netns".into())
+        .spawn(move || {
+            let opened = enter(ns.as_fd()).and_then(|()| {
+                let _entered = runtime.enter();
+                rtnetlink::new_connection().map(|(connection, handle, _)| (connection, handle))
+            });
+            // The receiver is gone only if the caller gave up; the socket is then just closed.
+            let _ = tx.send(opened);
+        })?;
+    let (connection, handle) = rx.await.map_err(|_| panicked())??;
     tokio::spawn(connection);
     Ok(handle)
 }

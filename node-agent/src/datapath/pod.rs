@@ -303,9 +303,23 @@ pub async fn attach(
     validate(pod)?;
     let host_ifname = host_ifname(&pod.container_id, &pod.ifname);
     let host_mac = host_mac(&pod.container_id, &pod.ifname);
-    // Before anything is made: a namespace descriptor that cannot be entered fails here.
-    let in_pod = pod_handle(netns)?;
-    create_veth(host, netns, pod, &host_ifname, host_mac).await?;
+    // The pod namespace's socket is opened on a thread while the kernel makes the veth pair,
+    // the slowest step of an ADD.
+    let (in_pod, created) = tokio::join!(
+        pod_handle_background(netns),
+        create_veth(host, netns, pod, &host_ifname, host_mac)
+    );
+    let in_pod = match (in_pod, created) {
+        (Ok(in_pod), Ok(())) => in_pod,
+        (_, Err(error)) => return Err(error),
+        (Err(error), Ok(())) => {
+            // A descriptor that can be passed to the kernel but not entered: undo the veth.
+            if let Err(cleanup) = delete_link_by_name(host, &host_ifname).await {
+                tracing::warn!(%error, %cleanup, host_ifname, "removing the veth of a failed ADD");
+            }
+            return Err(error);
+        }
+    };
     match configure(host, &in_pod, pod, &host_ifname, host_mac).await {
         Ok(attached) => Ok(attached),
         Err(error) => {
@@ -323,11 +337,22 @@ pub async fn attach(
 
 /// A netlink handle inside the pod's namespace.
 fn pod_handle(netns: BorrowedFd<'_>) -> Result<Handle, DatapathError> {
-    netns::handle_in(netns).map_err(|source| DatapathError::Io {
+    netns::handle_in(netns).map_err(pod_socket_error)
+}
+
+/// [`pod_handle`], opened on a thread while the caller's task goes on.
+async fn pod_handle_background(netns: BorrowedFd<'_>) -> Result<Handle, DatapathError> {
+    netns::handle_in_background(netns)
+        .await
+        .map_err(pod_socket_error)
+}
+
+fn pod_socket_error(source: std::io::Error) -> DatapathError {
+    DatapathError::Io {
         op: "open a netlink socket".into(),
         object: "in the pod's network namespace (is the descriptor a network namespace?)".into(),
         source,
-    })
+    }
 }
 
 /// Creates the veth pair, replacing an earlier attempt's.
@@ -375,6 +400,11 @@ async fn create_veth(
 }
 
 /// Everything after the veth exists. On error the caller deletes the veth.
+///
+/// The requests are pipelined: each namespace's socket gets all of its requests at once and
+/// the kernel handles them in the order they were sent (the pod's link is up before its
+/// routes are added), so the whole step costs about two round trips instead of nine. Every
+/// request is answered; the first failure in that order is reported.
 async fn configure(
     host: &Handle,
     in_pod: &Handle,
@@ -383,12 +413,10 @@ async fn configure(
     host_mac: [u8; 6],
 ) -> Result<Attached, DatapathError> {
     let ifname = pod.ifname.as_str();
-    let host_link = find_link(host, host_ifname)
-        .await?
-        .ok_or_else(|| vanished(host_ifname, "the node's"))?;
-    let pod_link = find_link(in_pod, ifname)
-        .await?
-        .ok_or_else(|| vanished(ifname, "the pod's"))?;
+    let (host_link, pod_link) =
+        tokio::join!(find_link(host, host_ifname), find_link(in_pod, ifname));
+    let host_link = host_link?.ok_or_else(|| vanished(host_ifname, "the node's"))?;
+    let pod_link = pod_link?.ok_or_else(|| vanished(ifname, "the pod's"))?;
     let host_index = host_link.header.index;
     let pod_index = pod_link.header.index;
     let pod_mac = LinkFacts::from_message(&pod_link)
@@ -399,74 +427,63 @@ async fn configure(
             ))
         })?;
 
-    in_pod
-        .link()
-        .set(LinkUnspec::new_with_index(pod_index).up().build())
-        .execute()
-        .await
-        .map_err(netlink(
-            "set up",
-            format!("{ifname} in the pod's namespace"),
-        ))?;
-    in_pod
-        .address()
-        .add(pod_index, IpAddr::V4(pod.address), 32)
-        .execute()
-        .await
-        .map_err(netlink(
-            "add address",
-            format!("{}/32 to {ifname} in the pod's namespace", pod.address),
-        ))?;
-    in_pod
-        .link()
-        .set(LinkUnspec::new_with_name("lo").up().build())
-        .execute()
-        .await
-        .map_err(netlink("set up", "lo in the pod's namespace"))?;
-    in_pod
-        .neighbours()
-        .add(pod_index, IpAddr::V4(POD_GATEWAY))
-        .link_layer_address(&host_mac)
-        .state(NeighbourState::Permanent)
-        .replace()
-        .execute()
-        .await
-        .map_err(netlink(
-            "add permanent neighbour",
-            format!(
-                "{POD_GATEWAY} lladdr {} dev {ifname} in the pod's namespace",
-                mac_string(&host_mac)
-            ),
-        ))?;
-    in_pod
-        .route()
-        .add(gateway_route_message(pod_index))
-        .execute()
-        .await
-        .map_err(netlink(
-            "add route",
-            format!("{POD_GATEWAY}/32 dev {ifname} scope link in the pod's namespace"),
-        ))?;
-    in_pod
-        .route()
-        .add(default_route_message(pod_index))
-        .execute()
-        .await
-        .map_err(netlink(
-            "add route",
-            format!("default via {POD_GATEWAY} dev {ifname} in the pod's namespace"),
-        ))?;
     let route = format!(
         "{}/32 dev {host_ifname} scope link proto {POD_ROUTE_PROTOCOL} in the node's namespace",
         pod.address
     );
-    match host
-        .route()
-        .add(host_route_message(pod.address, host_index))
-        .execute()
-        .await
-        .map_err(netlink("add route", route.clone()))
-    {
+    // `biased`: first polled in this order, so sent in this order.
+    let (link_up, address, lo_up, neighbour, gateway_route, default_route, host_route) = tokio::join!(
+        biased;
+        in_pod
+            .link()
+            .set(LinkUnspec::new_with_index(pod_index).up().build())
+            .execute(),
+        in_pod
+            .address()
+            .add(pod_index, IpAddr::V4(pod.address), 32)
+            .execute(),
+        in_pod
+            .link()
+            .set(LinkUnspec::new_with_name("lo").up().build())
+            .execute(),
+        in_pod
+            .neighbours()
+            .add(pod_index, IpAddr::V4(POD_GATEWAY))
+            .link_layer_address(&host_mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute(),
+        in_pod.route().add(gateway_route_message(pod_index)).execute(),
+        in_pod.route().add(default_route_message(pod_index)).execute(),
+        host.route()
+            .add(host_route_message(pod.address, host_index))
+            .execute(),
+    );
+    link_up.map_err(netlink(
+        "set up",
+        format!("{ifname} in the pod's namespace"),
+    ))?;
+    address.map_err(netlink(
+        "add address",
+        format!("{}/32 to {ifname} in the pod's namespace", pod.address),
+    ))?;
+    lo_up.map_err(netlink("set up", "lo in the pod's namespace"))?;
+    neighbour.map_err(netlink(
+        "add permanent neighbour",
+        format!(
+            "{POD_GATEWAY} lladdr {} dev {ifname} in the pod's namespace",
+            mac_string(&host_mac)
+        ),
+    ))?;
+    gateway_route.map_err(netlink(
+        "add route",
+        format!("{POD_GATEWAY}/32 dev {ifname} scope link in the pod's namespace"),
+    ))?;
+    default_route.map_err(netlink(
+        "add route",
+        format!("default via {POD_GATEWAY} dev {ifname} in the pod's namespace"),
+    ))?;
+    match host_route.map_err(netlink("add route", route.clone())) {
         Ok(()) => {}
         Err(e) if e.errno() == Some(EEXIST) => {
             return Err(DatapathError::Check(format!(
