@@ -42,6 +42,8 @@ pub mod reasons {
     pub const PENDING: &str = "Pending";
     /// The controller hit an error it will retry; the message says which.
     pub const RECONCILE_ERROR: &str = "ReconcileError";
+    /// The ClusterNetwork is being deleted and Ferrite is being removed from the nodes.
+    pub const UNINSTALLING: &str = "Uninstalling";
 }
 
 /// The status of a condition: `True`, `False` or `Unknown`.

@@ -59,6 +59,9 @@ enum Cmd {
     /// Remove everything the agent programmed on this node (routes, tunnel, nftables table,
     /// CNI configuration and plugin): for uninstalling Ferrite. Pods lose connectivity.
     Cleanup,
+    /// Do nothing until SIGTERM: the main container of the operator's cleanup DaemonSet,
+    /// whose pod is Ready once `cleanup` (its init container) has cleaned the node.
+    Idle,
 }
 
 #[tokio::main]
@@ -70,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match args.command {
         Some(Cmd::Cleanup) => cleanup(&args).await,
+        Some(Cmd::Idle) => idle().await,
         Some(Cmd::Run) | None => run(args).await,
     }
 }
@@ -89,6 +93,16 @@ async fn cleanup(args: &Args) -> anyhow::Result<()> {
         remove_if_exists(&dir.join("ferrite"))?;
     }
     tracing::info!("removed Ferrite's datapath from this node");
+    Ok(())
+}
+
+async fn idle() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("listening for SIGINT")?,
+    }
     Ok(())
 }
 

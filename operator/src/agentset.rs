@@ -30,6 +30,9 @@ use kube::Resource as _;
 /// Name of the agent's DaemonSet, ServiceAccount, ClusterRole and ClusterRoleBinding.
 pub const AGENT_NAME: &str = "ferrite-agent";
 
+/// Name of the DaemonSet that cleans every node when Ferrite is uninstalled ([`render_cleanup`]).
+pub const CLEANUP_NAME: &str = "ferrite-cleanup";
+
 /// The agent's health port (`/healthz`, `/readyz`, `/metrics`).
 pub const AGENT_HEALTH_PORT: i32 = 9893;
 
@@ -61,8 +64,12 @@ pub struct AgentObjects {
 pub struct MissingMetadata(&'static str);
 
 fn labels() -> BTreeMap<String, String> {
+    labels_of(AGENT_NAME)
+}
+
+fn labels_of(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".into(), AGENT_NAME.into()),
+        ("app.kubernetes.io/name".into(), name.into()),
         ("app.kubernetes.io/part-of".into(), "ferrite".into()),
         (
             "app.kubernetes.io/managed-by".into(),
@@ -72,7 +79,11 @@ fn labels() -> BTreeMap<String, String> {
 }
 
 fn selector_labels() -> BTreeMap<String, String> {
-    BTreeMap::from([("app.kubernetes.io/name".into(), AGENT_NAME.into())])
+    selector_labels_of(AGENT_NAME)
+}
+
+fn selector_labels_of(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".into(), name.into())])
 }
 
 fn owner(cn: &ClusterNetwork) -> Result<OwnerReference, MissingMetadata> {
@@ -90,7 +101,8 @@ fn meta(name: &str, namespace: Option<&str>, owner: &OwnerReference) -> ObjectMe
     ObjectMeta {
         name: Some(name.into()),
         namespace: namespace.map(Into::into),
-        labels: Some(labels()),
+        // Each object is labelled with its own name: the agent's four and the cleanup's one.
+        labels: Some(labels_of(name)),
         owner_references: Some(vec![owner.clone()]),
         ..ObjectMeta::default()
     }
@@ -192,18 +204,17 @@ fn container(cn: &ClusterNetwork, defaults: &AgentDefaults) -> Container {
         image: Some(image),
         image_pull_policy: Some(pull_policy(agent.image_pull_policy).into()),
         args: Some(
-            [
-                "--cni-bin-dir=/host/opt/cni/bin",
-                "--cni-conf-dir=/host/etc/cni/net.d",
-                "--socket=/run/ferrite/cni.sock",
-                // tmpfs on purpose: the IPAM state lives as long as the boot, like the pods.
-                "--state-dir=/run/ferrite/state",
-                "--spool-dir=/var/lib/cni/ferrite/pending-del",
-            ]
-            .into_iter()
-            .map(Into::into)
-            .chain([format!("--health-addr=0.0.0.0:{AGENT_HEALTH_PORT}")])
-            .collect(),
+            CNI_DIR_ARGS
+                .into_iter()
+                .chain([
+                    "--socket=/run/ferrite/cni.sock",
+                    // tmpfs on purpose: the IPAM state lives as long as the boot, like the pods.
+                    "--state-dir=/run/ferrite/state",
+                    "--spool-dir=/var/lib/cni/ferrite/pending-del",
+                ])
+                .map(Into::into)
+                .chain([format!("--health-addr=0.0.0.0:{AGENT_HEALTH_PORT}")])
+                .collect(),
         ),
         env: Some(vec![
             EnvVar {
@@ -257,6 +268,20 @@ fn tolerations(cn: &ClusterNetwork) -> Vec<Toleration> {
     all.extend(cn.spec.agent.tolerations.iter().cloned());
     all
 }
+
+/// The host paths the agent writes and the cleanup removes from.
+fn cni_volumes() -> [Volume; 2] {
+    [
+        host_path("cni-bin", "/opt/cni/bin"),
+        host_path("cni-conf", "/etc/cni/net.d"),
+    ]
+}
+
+/// The arguments naming the CNI directories as the containers see them.
+const CNI_DIR_ARGS: [&str; 2] = [
+    "--cni-bin-dir=/host/opt/cni/bin",
+    "--cni-conf-dir=/host/etc/cni/net.d",
+];
 
 /// Renders the node side of `cn`.
 pub fn render(
@@ -314,12 +339,15 @@ pub fn render(
                     tolerations: Some(tolerations(cn)),
                     termination_grace_period_seconds: Some(10),
                     containers: vec![container(cn, defaults)],
-                    volumes: Some(vec![
-                        host_path("cni-bin", "/opt/cni/bin"),
-                        host_path("cni-conf", "/etc/cni/net.d"),
-                        host_path("run", "/run/ferrite"),
-                        host_path("spool", "/var/lib/cni/ferrite"),
-                    ]),
+                    volumes: Some(
+                        cni_volumes()
+                            .into_iter()
+                            .chain([
+                                host_path("run", "/run/ferrite"),
+                                host_path("spool", "/var/lib/cni/ferrite"),
+                            ])
+                            .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },
@@ -332,6 +360,89 @@ pub fn render(
         cluster_role,
         cluster_role_binding,
         daemon_set,
+    })
+}
+
+/// The DaemonSet that uninstalls Ferrite from every node, started once the agents are gone
+/// (see `teardown`): its init container runs `ferrite-agent cleanup` (node routes, the
+/// tunnel device, the nftables table, the CNI configuration and plugin; pods' own interfaces
+/// and the IPAM state stay with the pods still running), then `ferrite-agent idle` keeps the
+/// pod Ready, which is how the operator counts the nodes cleaned. Owned by the ClusterNetwork,
+/// so it goes when the deletion finishes. Same image, tolerations and host paths as the agent;
+/// no API access.
+pub fn render_cleanup(
+    cn: &ClusterNetwork,
+    defaults: &AgentDefaults,
+) -> Result<DaemonSet, MissingMetadata> {
+    let owner = owner(cn)?;
+    let agent = container(cn, defaults);
+    let base = Container {
+        image: agent.image,
+        image_pull_policy: agent.image_pull_policy,
+        env: Some(vec![EnvVar {
+            name: "FERRITE_LOG".into(),
+            value: Some(log_filter(cn.spec.agent.log_level).into()),
+            ..EnvVar::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    };
+    let cleanup = Container {
+        name: "cleanup".into(),
+        args: Some(
+            ["cleanup"]
+                .into_iter()
+                .chain(CNI_DIR_ARGS)
+                .map(Into::into)
+                .collect(),
+        ),
+        // NB: privileged: it deletes routes, a device and an nftables table on the node.
+        security_context: agent.security_context,
+        volume_mounts: Some(vec![
+            mount("cni-bin", "/host/opt/cni/bin"),
+            mount("cni-conf", "/host/etc/cni/net.d"),
+        ]),
+        ..base.clone()
+    };
+    let idle = Container {
+        name: "done".into(),
+        args: Some(vec!["idle".into()]),
+        ..base
+    };
+    Ok(DaemonSet {
+        metadata: meta(CLEANUP_NAME, Some(&defaults.namespace), &owner),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels_of(CLEANUP_NAME)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels_of(CLEANUP_NAME)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    host_network: Some(true),
+                    priority_class_name: Some("system-node-critical".into()),
+                    tolerations: Some(tolerations(cn)),
+                    termination_grace_period_seconds: Some(2),
+                    init_containers: Some(vec![cleanup]),
+                    containers: vec![idle],
+                    volumes: Some(cni_volumes().into()),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        }),
+        ..DaemonSet::default()
     })
 }
 
@@ -357,12 +468,19 @@ mod tests {
 
     /// Compares `objects` with `operator/testdata/<name>`; `UPDATE_GOLDEN=1` rewrites it.
     fn golden(name: &str, objects: &AgentObjects) {
-        let docs = [
-            serde_json::to_value(&objects.service_account).unwrap(),
-            serde_json::to_value(&objects.cluster_role).unwrap(),
-            serde_json::to_value(&objects.cluster_role_binding).unwrap(),
-            serde_json::to_value(&objects.daemon_set).unwrap(),
-        ];
+        golden_yaml(
+            name,
+            &[
+                serde_json::to_value(&objects.service_account).unwrap(),
+                serde_json::to_value(&objects.cluster_role).unwrap(),
+                serde_json::to_value(&objects.cluster_role_binding).unwrap(),
+                serde_json::to_value(&objects.daemon_set).unwrap(),
+            ],
+        );
+    }
+
+    /// Compares `docs` as a YAML stream with `operator/testdata/<name>`.
+    fn golden_yaml(name: &str, docs: &[serde_json::Value]) {
         let rendered = docs
             .iter()
             .map(|d| serde_saphyr::to_string(d).unwrap())
@@ -443,6 +561,29 @@ agent:
                 "the agent creates and deletes nothing: {rule:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_cleanup_daemon_set_matches_its_golden_file() {
+        let cn = cluster_network("serviceCIDR: 10.96.0.0/12\n");
+        let ds = render_cleanup(&cn, &defaults()).unwrap();
+        golden_yaml(
+            "cleanup-defaults.yaml",
+            &[serde_json::to_value(&ds).unwrap()],
+        );
+        let spec = ds.spec.unwrap().template.spec.unwrap();
+        let init = &spec.init_containers.unwrap()[0];
+        assert_eq!(init.args.as_ref().unwrap()[0], "cleanup");
+        assert_eq!(spec.containers[0].args.as_ref().unwrap(), &["idle"]);
+        // It runs where the agent ran: on every node, whatever its taints.
+        assert_eq!(
+            spec.tolerations.unwrap()[0].operator.as_deref(),
+            Some("Exists")
+        );
+        assert_eq!(
+            ds.metadata.owner_references.unwrap()[0].kind,
+            "ClusterNetwork"
+        );
     }
 
     #[test]

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_crds::clusternetwork::SINGLETON_NAME;
+use ferrite_crds::conditions;
 use ferrite_crds::{ClusterNetwork, NodeNetwork};
 use futures::channel::mpsc;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -27,10 +28,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
-use crate::agentset::{self, AGENT_NAME, AgentDefaults};
+use crate::agentset::{self, AGENT_NAME, AgentDefaults, CLEANUP_NAME};
 use crate::metrics::{Metrics, controllers};
 use crate::nodenetwork::forward;
 use crate::rollout::{self, AgentReport, DaemonSetView, NodeView, Observed};
+use crate::teardown::{self, FINALIZER, Step};
 use crate::telemetry;
 
 /// Field manager of every write of this controller.
@@ -48,6 +50,21 @@ pub enum Error {
     /// The object was not read from the apiserver.
     #[error(transparent)]
     Render(#[from] agentset::MissingMetadata),
+    /// Adding or removing the finalizer failed.
+    #[error(
+        "cannot {verb} the finalizer {FINALIZER} of clusternetwork/{SINGLETON_NAME}: {source}. It is \
+         retried; the operator's RBAC must allow patch on clusternetworks"
+    )]
+    Finalizer {
+        /// `add` or `remove`.
+        verb: &'static str,
+        /// The apiserver's answer.
+        #[source]
+        source: kube::Error,
+    },
+    /// A step of the uninstall (deleting the agents, starting the cleanup) failed.
+    #[error("uninstalling from the nodes: {0}. It is retried")]
+    Teardown(String),
 }
 
 /// How the controller runs.
@@ -242,8 +259,7 @@ fn agent_report(nn: &NodeNetwork) -> Option<AgentReport> {
     let status = nn.status.as_ref()?;
     let agent = status.agent.as_ref()?;
     let message =
-        ferrite_crds::conditions::find(&status.conditions, ferrite_crds::conditions::types::READY)
-            .map(|c| c.message.clone());
+        conditions::find(&status.conditions, conditions::types::READY).map(|c| c.message.clone());
     Some(AgentReport {
         ready: agent.ready,
         generation: agent.cluster_network_generation,
@@ -315,11 +331,25 @@ fn remember_applied(ctx: &Context, cn: &ClusterNetwork) {
 }
 
 async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if cn.name_any() != SINGLETON_NAME || cn.metadata.deletion_timestamp.is_some() {
-        // Deleting the ClusterNetwork: its owned objects go with it (owner references).
+    if cn.name_any() != SINGLETON_NAME {
         return Ok(Action::await_change());
     }
     let _timer = ctx.metrics.reconcile_timer(controllers::CLUSTER_NETWORK);
+    if cn.metadata.deletion_timestamp.is_some() {
+        return teardown(&cn, &ctx).await;
+    }
+    if !cn.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = cn.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        set_finalizers(&ctx, &cn, finalizers)
+            .await
+            .map_err(|source| Error::Finalizer {
+                verb: "add",
+                source,
+            })?;
+        // The write triggers the next reconcile.
+        return Ok(Action::await_change());
+    }
     let ds = if needs_apply(&ctx, &cn) {
         apply_agent(&ctx, &cn).await
     } else {
@@ -344,38 +374,206 @@ async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action,
     let next = rollout::status(&observed, previous);
     // Written only when a reader would see something new.
     if previous != Some(&next) {
-        let api = Api::<ClusterNetwork>::all(ctx.client.clone());
-        let patch = serde_json::json!({
-            "apiVersion": ClusterNetwork::api_version(&()),
-            "kind": ClusterNetwork::kind(&()),
-            "status": next,
+        write_status(&ctx, &next).await?;
+        for t in rollout::transitions(previous, &next) {
+            info!(reason = t.reason, "{}", t.note);
+            let type_ = if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            publish(&ctx, &cn, type_, t.reason, &t.note).await;
+        }
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Replaces the finalizer list, if the object has not changed since it was read (its
+/// resourceVersion): another writer's finalizer is never lost.
+async fn set_finalizers(
+    ctx: &Context,
+    cn: &ClusterNetwork,
+    finalizers: Vec<String>,
+) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": cn.resource_version(),
+        }
+    });
+    Api::<ClusterNetwork>::all(ctx.client.clone())
+        .patch(
+            SINGLETON_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// How often the teardown looks again while it waits.
+const TEARDOWN_POLL: Duration = Duration::from_secs(2);
+
+/// One step of uninstalling from the nodes ([`teardown`]).
+async fn teardown(cn: &ClusterNetwork, ctx: &Context) -> Result<Action, Error> {
+    if !cn.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let step = teardown::next(&teardown_view(cn, ctx).await?);
+    debug!(?step, "uninstalling");
+    let daemon_sets =
+        Api::<DaemonSet>::namespaced(ctx.client.clone(), &ctx.settings.agent.namespace);
+    let failed = |what: &str, e: kube::Error| Error::Teardown(format!("{what}: {e}"));
+    match step {
+        Step::DeleteAgent => {
+            match daemon_sets
+                .delete(AGENT_NAME, &DeleteParams::foreground())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(failed("deleting daemonset/ferrite-agent", e)),
+            }
+            publish(
+                ctx,
+                cn,
+                EventType::Normal,
+                "Uninstalling",
+                "the ClusterNetwork is being deleted: stopping the agents, then cleaning every node",
+            )
+            .await;
+        }
+        Step::StartCleanup => {
+            let ds = agentset::render_cleanup(cn, &ctx.settings.agent)?;
+            apply(daemon_sets, &ds)
+                .await
+                .map_err(|e| failed("applying daemonset/ferrite-cleanup", e))?;
+        }
+        Step::AwaitAgentGone | Step::AwaitCleanup { .. } => {}
+        Step::Finish | Step::GiveUp { .. } => {
+            let (kind, reason, note) = match step {
+                Step::GiveUp { cleaned } => (
+                    EventType::Warning,
+                    "CleanupIncomplete",
+                    teardown::give_up_note(cleaned),
+                ),
+                _ => (
+                    EventType::Normal,
+                    "NodesCleaned",
+                    "every node is clean; the ClusterNetwork's deletion finishes".to_owned(),
+                ),
+            };
+            info!(reason, "{note}");
+            publish(ctx, cn, kind, reason, &note).await;
+            let rest = cn
+                .finalizers()
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
+            set_finalizers(ctx, cn, rest)
+                .await
+                .map_err(|source| Error::Finalizer {
+                    verb: "remove",
+                    source,
+                })?;
+            return Ok(Action::await_change());
+        }
+    }
+    write_teardown_status(ctx, cn, step).await?;
+    Ok(Action::requeue(TEARDOWN_POLL))
+}
+
+/// What the teardown needs to know: the two DaemonSets and how long the deletion has run.
+async fn teardown_view(cn: &ClusterNetwork, ctx: &Context) -> Result<teardown::View, Error> {
+    let daemon_sets =
+        Api::<DaemonSet>::namespaced(ctx.client.clone(), &ctx.settings.agent.namespace);
+    let get = |name: &'static str| {
+        let api = daemon_sets.clone();
+        async move {
+            api.get_opt(name)
+                .await
+                .map_err(|e| Error::Teardown(format!("reading daemonset/{name}: {e}")))
+        }
+    };
+    let agent = get(AGENT_NAME).await?;
+    let cleanup = get(CLEANUP_NAME).await?;
+    let since = cn
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(Duration::ZERO, |t| {
+            let elapsed = jiff::Timestamp::now().duration_since(t.0);
+            Duration::try_from(elapsed).unwrap_or(Duration::ZERO)
         });
-        api.patch_status(
+    Ok(teardown::View {
+        agent: agent.map(|ds| teardown::Deleting(ds.metadata.deletion_timestamp.is_some())),
+        cleanup: cleanup.map(|ds| {
+            let status = ds.status.unwrap_or_default();
+            teardown::Cleanup {
+                generation: ds.metadata.generation.unwrap_or(0),
+                observed_generation: status.observed_generation.unwrap_or(0),
+                desired: status.desired_number_scheduled,
+                ready: status.number_ready,
+            }
+        }),
+        deleting_for: since,
+    })
+}
+
+/// `Ready=False`, reason `Uninstalling`, with where the teardown is; written when it changes.
+async fn write_teardown_status(
+    ctx: &Context,
+    cn: &ClusterNetwork,
+    step: Step,
+) -> Result<(), Error> {
+    let mut next = cn.status.clone().unwrap_or_default();
+    let condition = conditions::new_condition(
+        conditions::types::READY,
+        conditions::ConditionStatus::False,
+        conditions::reasons::UNINSTALLING,
+        teardown::message(step),
+        cn.metadata.generation,
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    if !conditions::set_condition(&mut next.conditions, condition) {
+        return Ok(());
+    }
+    write_status(ctx, &next).await
+}
+
+async fn write_status(
+    ctx: &Context,
+    status: &ferrite_crds::ClusterNetworkStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": ClusterNetwork::api_version(&()),
+        "kind": ClusterNetwork::kind(&()),
+        "status": status,
+    });
+    Api::<ClusterNetwork>::all(ctx.client.clone())
+        .patch_status(
             SINGLETON_NAME,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await
-        .map_err(Error::Status)?;
-        for t in rollout::transitions(previous, &next) {
-            info!(reason = t.reason, "{}", t.note);
-            let event = Event {
-                type_: if t.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: t.reason.into(),
-                note: Some(truncate(&t.note, 1000)),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&event, &cn.object_ref(&())).await {
-                warn!("publishing the {} event: {e}", t.reason);
-            }
-        }
+        .map(|_| ())
+        .map_err(Error::Status)
+}
+
+/// Publishes an Event on the ClusterNetwork; a failure is only logged.
+async fn publish(ctx: &Context, cn: &ClusterNetwork, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cn.object_ref(&())).await {
+        warn!("publishing the {reason} event: {e}");
     }
-    Ok(Action::requeue(RESYNC))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -394,6 +592,8 @@ fn error_policy(_cn: Arc<ClusterNetwork>, error: &Error, ctx: Arc<Context>) -> A
     let kind = match error {
         Error::Status(_) => "status",
         Error::Render(_) => "render",
+        Error::Finalizer { .. } => "finalizer",
+        Error::Teardown(_) => "teardown",
     };
     ctx.metrics
         .reconcile_failed(controllers::CLUSTER_NETWORK, kind);

@@ -46,9 +46,11 @@ pub mod release;
 pub mod rollout;
 pub mod selector;
 pub mod shutdown;
+pub mod teardown;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
+pub mod uninstall;
 
 /// The version every Ferrite component reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -10,7 +10,7 @@ use ferrite_operator::agentset::AgentDefaults;
 use ferrite_operator::leader::{self, Timing};
 use ferrite_operator::metrics::{self, Metrics};
 use ferrite_operator::{
-    clusternetwork, controllers, ippool, lifecycle, nodenetwork, shutdown, telemetry,
+    clusternetwork, controllers, ippool, lifecycle, nodenetwork, shutdown, telemetry, uninstall,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
@@ -48,6 +48,33 @@ struct Args {
     otlp_endpoint: Option<String>,
     #[command(flatten)]
     election: Election,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Run the controllers (the default).
+    Run,
+    /// Delete the ClusterNetwork and wait until the running operator has cleaned every node and
+    /// it is gone: what the Helm chart's pre-delete hook runs on `helm uninstall`.
+    Uninstall {
+        /// Give up after this long (e.g. 10m).
+        #[arg(long, default_value = "10m", value_parser = parse_timeout)]
+        timeout: Duration,
+    },
+}
+
+/// `90s`, `10m`: whole seconds or minutes.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 90s or 10m");
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    match unit {
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(bad()),
+    }
 }
 
 fn default_agent_image() -> String {
@@ -196,5 +223,35 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    Args::parse().run().await
+    let args = Args::parse();
+    match args.command {
+        Some(Command::Uninstall { timeout }) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_target(false)
+                .init();
+            let client = kube::Client::try_default().await.context(
+                "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
+            )?;
+            Ok(uninstall::run(client, timeout).await?)
+        }
+        Some(Command::Run) | None => args.run().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_seconds_or_minutes() {
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("10m"), Ok(Duration::from_secs(600)));
+        for bad in ["10", "m", "", "1h", "-1s", "1.5m"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?}");
+        }
+    }
 }
