@@ -29,7 +29,7 @@ use crate::routing::{self, POD_GATEWAY};
 /// The agent's shared state.
 pub struct Agent {
     ipam: Mutex<Allocator<FileStore>>,
-    host: rtnetlink::Handle,
+    host: crate::netns::Sockets,
     config: watch::Receiver<Option<NodeConfig>>,
     /// MTU of new pod interfaces, from the last reconcile (0: not reconciled yet).
     pod_mtu: std::sync::atomic::AtomicU32,
@@ -61,7 +61,7 @@ impl Agent {
     /// Opens this boot's IPAM state in `state_dir` and builds the agent. Nothing is programmed yet.
     pub fn new(
         state_dir: PathBuf,
-        host: rtnetlink::Handle,
+        host: crate::netns::Sockets,
         config: watch::Receiver<Option<NodeConfig>>,
     ) -> anyhow::Result<Self> {
         let store = FileStore::for_this_boot(&state_dir)?;
@@ -238,7 +238,7 @@ impl Agent {
     /// DEL: idempotent, needs neither the namespace nor a previous result.
     async fn del(&self, request: &Request) -> Result<(), CniError> {
         let host_ifname = pod::host_ifname(&request.container_id, &request.ifname);
-        pod::detach(&self.host, &host_ifname)
+        pod::detach(&self.host.netlink, &host_ifname)
             .await
             .map_err(|e| cni_error(ErrorCode::Datapath, e.to_string()))?;
         let released = self
@@ -293,7 +293,7 @@ impl Agent {
             address: v4,
             mtu,
         };
-        pod::check(&self.host, netns.as_fd(), &interface)
+        pod::check(&self.host.netlink, netns.as_fd(), &interface)
             .await
             .map_err(|e| cni_error(ErrorCode::Datapath, e.to_string()))
     }
@@ -340,12 +340,12 @@ impl Agent {
             .map(|a| pod::host_ifname(&a.owner.container_id, &a.owner.ifname))
             .collect();
         let mut removed = 0;
-        for name in pod::host_interfaces(&self.host)
+        for name in pod::host_interfaces(&self.host.netlink)
             .await
             .map_err(|e| e.to_string())?
         {
             if !keep.contains(&name) {
-                pod::detach(&self.host, &name)
+                pod::detach(&self.host.netlink, &name)
                     .await
                     .map_err(|e| e.to_string())?;
                 removed += 1;
@@ -364,7 +364,7 @@ impl Agent {
     /// Start-up sweep: an allocation whose host veth is gone belongs to a sandbox that went
     /// away while the agent was down; a Ferrite veth without an allocation is a leftover.
     pub async fn sweep(&self) -> Result<(), String> {
-        let present: BTreeSet<String> = pod::host_interfaces(&self.host)
+        let present: BTreeSet<String> = pod::host_interfaces(&self.host.netlink)
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
@@ -407,7 +407,7 @@ impl Agent {
                 .set(i64::try_from(ipam.capacity()).unwrap_or(i64::MAX));
         }
         self.publish_usage();
-        let uplink_mtu = node::uplink_mtu(&self.host, config.node_ip)
+        let uplink_mtu = node::uplink_mtu(&self.host.netlink, config.node_ip)
             .await
             .unwrap_or(config::FALLBACK_UPLINK_MTU);
         let (desired, conflicts) = routing::desired(
@@ -437,7 +437,7 @@ impl Agent {
         if previous_mtu != 0 && previous_mtu != desired.pod_mtu {
             tracing::info!(from = previous_mtu, to = desired.pod_mtu, routing = ?config.routing, "pod MTU changes with the routing mode");
         }
-        let report = node::apply(&self.host, &desired, tunnel.as_ref())
+        let report = node::apply(&self.host.netlink, &desired, tunnel.as_ref())
             .await
             .map_err(|e| e.to_string())?;
         if report.changes() > 0 {

@@ -64,7 +64,12 @@ enum Cmd {
     Idle,
 }
 
-#[tokio::main]
+// One thread: an ADD is a chain of short waits (the plugin's request, a dozen netlink answers),
+// and on a multi-thread runtime each hop could wake another worker; on this 2-CPU VM that cost
+// ~0.3 ms per ADD (docs/benchmarks.md). Nothing here computes for long; blocking work (nft,
+// entering namespaces) runs on threads of its own. If the agent ever watches much more of the
+// cluster (Services, EndpointSlices), give that its own runtime rather than this one more threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -137,7 +142,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    let host = netns::handle().context("opening a netlink socket")?;
+    let host = netns::sockets().context("opening the node's netlink and device sockets")?;
     let agent = Arc::new(Agent::new(args.state_dir.clone(), host, rx.clone())?);
     let view = agent.clone();
     let router = metrics::router(

@@ -68,11 +68,19 @@ pub fn handle_in(ns: BorrowedFd<'_>) -> io::Result<rtnetlink::Handle> {
     Ok(handle)
 }
 
-/// Like [`handle_in`], but the calling task does not wait for the thread: the future resolves
-/// once the socket is open, so the caller can have other work done meanwhile (the pod's veth
-/// is created while its namespace's socket is being opened). Must be polled within a tokio
-/// runtime.
-pub async fn handle_in_background(ns: BorrowedFd<'_>) -> io::Result<rtnetlink::Handle> {
+/// Sockets living in another network namespace, for async code in the agent's.
+pub struct Sockets {
+    /// Route netlink.
+    pub netlink: rtnetlink::Handle,
+    /// A datagram socket for the namespace's interface ioctls ([`index_of`]).
+    pub device: OwnedFd,
+}
+
+/// Like [`handle_in`] (and a [`Sockets::device`] socket), but the calling task does not wait
+/// for the thread: the future resolves once the sockets are open, so the caller can have other
+/// work done meanwhile (the pod's veth is created while its namespace's sockets are being
+/// opened). Must be polled within a tokio runtime.
+pub async fn sockets_in_background(ns: BorrowedFd<'_>) -> io::Result<Sockets> {
     let ns: OwnedFd = ns.try_clone_to_owned()?;
     let runtime = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -80,15 +88,56 @@ pub async fn handle_in_background(ns: BorrowedFd<'_>) -> io::Result<rtnetlink::H
         .name("ferrite-netns".into())
         .spawn(move || {
             let opened = enter(ns.as_fd()).and_then(|()| {
+                let device = device_socket()?;
                 let _entered = runtime.enter();
-                rtnetlink::new_connection().map(|(connection, handle, _)| (connection, handle))
+                rtnetlink::new_connection()
+                    .map(|(connection, handle, _)| (connection, handle, device))
             });
-            // The receiver is gone only if the caller gave up; the socket is then just closed.
+            // The receiver is gone only if the caller gave up; the sockets are then just closed.
             let _ = tx.send(opened);
         })?;
-    let (connection, handle) = rx.await.map_err(|_| panicked())??;
+    let (connection, netlink, device) = rx.await.map_err(|_| panicked())??;
     tokio::spawn(connection);
-    Ok(handle)
+    Ok(Sockets { netlink, device })
+}
+
+/// [`Sockets`] in the agent's own namespace. Must be called from within a tokio runtime.
+pub fn sockets() -> io::Result<Sockets> {
+    Ok(Sockets {
+        netlink: handle()?,
+        device: device_socket()?,
+    })
+}
+
+/// [`Sockets`] in the namespace `ns` (opened on a short-lived thread, like [`handle_in`]).
+/// Must be called from within a tokio runtime.
+pub fn sockets_in(ns: BorrowedFd<'_>) -> io::Result<Sockets> {
+    let device = run_in(ns, device_socket)??;
+    Ok(Sockets {
+        netlink: handle_in(ns)?,
+        device,
+    })
+}
+
+/// A datagram socket in the calling thread's namespace, for [`index_of`].
+pub fn device_socket() -> io::Result<OwnedFd> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socket_with};
+    Ok(socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// The index of the interface `name` in the namespace of `socket` (`SIOCGIFINDEX`: one system
+/// call, no netlink round trip); `None` if there is no such interface.
+pub fn index_of(socket: BorrowedFd<'_>, name: &str) -> io::Result<Option<u32>> {
+    match rustix::net::netdevice::name_to_index(socket, name) {
+        Ok(index) => Ok(Some(index)),
+        Err(rustix::io::Errno::NODEV) => Ok(None),
+        Err(e) => Err(io::Error::from(e)),
+    }
 }
 
 /// A route-netlink handle in the agent's own namespace.

@@ -20,7 +20,6 @@ use ferrite_agent::datapath::pod::{
     Attached, POD_ROUTE_PROTOCOL, PodInterface, attach, check, detach, host_ifname, host_interfaces,
 };
 use ferrite_agent::netns;
-use rtnetlink::Handle;
 
 const MTU: u32 = 1400;
 
@@ -37,8 +36,8 @@ fn pod_interface(n: u8) -> PodInterface {
     }
 }
 
-fn node_handle(node: &Netns) -> Handle {
-    netns::handle_in(node.fd()).expect("netlink socket in the node namespace")
+fn node_sockets(node: &Netns) -> netns::Sockets {
+    netns::sockets_in(node.fd()).expect("netlink and device sockets in the node namespace")
 }
 
 /// Everything Ferrite leaves in the node's namespace: `fe*` links and routes with its
@@ -67,13 +66,14 @@ fn assert_node_clean(node: &Netns) {
 #[tokio::test]
 async fn three_pods_reach_each_other_and_the_node_without_nat() {
     let node = node("three");
-    let host = node_handle(&node);
+    let node_sockets = node_sockets(&node);
+    let host = node_sockets.netlink.clone();
     let pods: Vec<Netns> = (1..=3)
         .map(|i| Netns::new("three", &format!("pod{i}")))
         .collect();
     let mut attached: Vec<Attached> = Vec::new();
     for (i, ns) in (1u8..).zip(&pods) {
-        let a = attach(&host, ns.fd(), &pod_interface(i))
+        let a = attach(&node_sockets, ns.fd(), &pod_interface(i))
             .await
             .unwrap_or_else(|e| panic!("attach pod {i}: {e}"));
         assert_eq!(
@@ -162,10 +162,11 @@ async fn three_pods_reach_each_other_and_the_node_without_nat() {
 #[tokio::test]
 async fn check_says_precisely_what_differs() {
     let node = node("check");
-    let host = node_handle(&node);
+    let node_sockets = node_sockets(&node);
+    let host = node_sockets.netlink.clone();
     let pod = Netns::new("check", "pod");
     let p = pod_interface(5);
-    let a = attach(&host, pod.fd(), &p).await.expect("attach");
+    let a = attach(&node_sockets, pod.fd(), &p).await.expect("attach");
     check(&host, pod.fd(), &p)
         .await
         .expect("fresh pod checks out");
@@ -249,11 +250,16 @@ async fn check_says_precisely_what_differs() {
 #[tokio::test]
 async fn a_retried_add_replaces_the_earlier_attempt() {
     let node = node("retry");
-    let host = node_handle(&node);
+    let node_sockets = node_sockets(&node);
+    let host = node_sockets.netlink.clone();
     let pod = Netns::new("retry", "pod");
     let p = pod_interface(7);
-    let first = attach(&host, pod.fd(), &p).await.expect("first ADD");
-    let second = attach(&host, pod.fd(), &p).await.expect("retried ADD");
+    let first = attach(&node_sockets, pod.fd(), &p)
+        .await
+        .expect("first ADD");
+    let second = attach(&node_sockets, pod.fd(), &p)
+        .await
+        .expect("retried ADD");
     assert_eq!(first.host_ifname, second.host_ifname);
     assert_eq!(first.host_mac, second.host_mac);
     check(&host, pod.fd(), &p).await.expect("check after retry");
@@ -267,7 +273,7 @@ async fn a_retried_add_replaces_the_earlier_attempt() {
         address: pod_ip(8),
         ..p.clone()
     };
-    attach(&host, pod.fd(), &moved)
+    attach(&node_sockets, pod.fd(), &moved)
         .await
         .expect("ADD with a new address");
     check(&host, pod.fd(), &moved)
@@ -281,14 +287,15 @@ async fn a_retried_add_replaces_the_earlier_attempt() {
 #[tokio::test]
 async fn detach_is_idempotent_and_leaves_nothing_behind() {
     let node = node("detach");
-    let host = node_handle(&node);
+    let node_sockets = node_sockets(&node);
+    let host = node_sockets.netlink.clone();
     let pods: Vec<Netns> = (1..=2)
         .map(|i| Netns::new("detach", &format!("pod{i}")))
         .collect();
     let mut names = Vec::new();
     for (i, ns) in (1u8..).zip(&pods) {
         names.push(
-            attach(&host, ns.fd(), &pod_interface(i))
+            attach(&node_sockets, ns.fd(), &pod_interface(i))
                 .await
                 .expect("attach")
                 .host_ifname,
@@ -318,7 +325,8 @@ async fn detach_is_idempotent_and_leaves_nothing_behind() {
 #[tokio::test]
 async fn detach_refuses_what_ferrite_did_not_make() {
     let node = node("refuse");
-    let host = node_handle(&node);
+    let node_sockets = node_sockets(&node);
+    let host = node_sockets.netlink.clone();
     let err = detach(&host, "lo").await.expect_err("not a Ferrite name");
     assert!(matches!(err, DatapathError::Invalid(_)), "{err:?}");
     // A non-veth with a Ferrite-shaped name (vxlan: no dummy module on this kernel).
@@ -350,12 +358,12 @@ async fn detach_refuses_what_ferrite_did_not_make() {
 #[tokio::test]
 async fn a_pod_that_already_has_the_interface_name_gets_nothing() {
     let node = node("taken");
-    let host = node_handle(&node);
+    let node_sockets = node_sockets(&node);
     let pod = Netns::new("taken", "pod");
     pod.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
     ]);
-    let err = attach(&host, pod.fd(), &pod_interface(3))
+    let err = attach(&node_sockets, pod.fd(), &pod_interface(3))
         .await
         .expect_err("eth0 is taken");
     let text = err.to_string();
@@ -375,7 +383,7 @@ async fn a_pod_that_already_has_the_interface_name_gets_nothing() {
 #[tokio::test]
 async fn a_failure_midway_removes_everything_made_so_far() {
     let node = node("midway");
-    let host = node_handle(&node);
+    let node_sockets = node_sockets(&node);
     let pod = Netns::new("midway", "pod");
     // The pod already has a default route, so adding ours fails after the veth exists.
     pod.ip(&[
@@ -383,7 +391,7 @@ async fn a_failure_midway_removes_everything_made_so_far() {
     ]);
     pod.ip(&["link", "set", "other0", "up"]);
     pod.ip(&["route", "add", "default", "dev", "other0"]);
-    let err = attach(&host, pod.fd(), &pod_interface(4))
+    let err = attach(&node_sockets, pod.fd(), &pod_interface(4))
         .await
         .expect_err("default route taken");
     let text = err.to_string();
@@ -400,16 +408,19 @@ async fn a_failure_midway_removes_everything_made_so_far() {
 #[tokio::test]
 async fn an_address_already_routed_on_the_node_is_refused_and_rolled_back() {
     let node = node("dup");
-    let host = node_handle(&node);
+    let node_sockets = node_sockets(&node);
+    let host = node_sockets.netlink.clone();
     let first = Netns::new("dup", "pod1");
     let second = Netns::new("dup", "pod2");
     let p1 = pod_interface(9);
-    attach(&host, first.fd(), &p1).await.expect("first pod");
+    attach(&node_sockets, first.fd(), &p1)
+        .await
+        .expect("first pod");
     let p2 = PodInterface {
         container_id: "other".into(),
         ..p1.clone()
     };
-    let text = attach(&host, second.fd(), &p2)
+    let text = attach(&node_sockets, second.fd(), &p2)
         .await
         .expect_err("same address")
         .to_string();
@@ -427,14 +438,15 @@ async fn an_address_already_routed_on_the_node_is_refused_and_rolled_back() {
 #[tokio::test]
 async fn attach_latency_over_100_pods() {
     let node = node("latency");
-    let host = node_handle(&node);
+    let node_sockets = node_sockets(&node);
+    let host = node_sockets.netlink.clone();
     let pods: Vec<Netns> = (0..100)
         .map(|i| Netns::new("latency", &format!("p{i}")))
         .collect();
     let mut took = Vec::new();
     for (i, ns) in (10u8..).zip(&pods) {
         let started = Instant::now();
-        attach(&host, ns.fd(), &pod_interface(i))
+        attach(&node_sockets, ns.fd(), &pod_interface(i))
             .await
             .expect("attach");
         took.push(started.elapsed());

@@ -26,7 +26,7 @@
 //! socket opened there ([`netns::handle_in`]); no tokio worker ever changes namespace.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
@@ -146,6 +146,14 @@ pub fn host_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     [0xee, b[3], b[4], b[5], b[6], b[7]]
 }
 
+/// The pod-side veth's MAC: `0e` followed by the same 40 bits as [`host_mac`]. Set when the
+/// veth is made, so the CNI result needs no lookup; locally administered and unicast, and it
+/// only has to be unique on its veth, whose other end is [`host_mac`].
+pub fn pod_mac(container_id: &str, ifname: &str) -> [u8; 6] {
+    let b = attachment_hash(container_id, ifname).to_be_bytes();
+    [0x0e, b[3], b[4], b[5], b[6], b[7]]
+}
+
 /// Whether `name` has the shape of a [`host_ifname`] (`fe` + 11 lowercase hex digits).
 pub fn is_host_ifname(name: &str) -> bool {
     name.strip_prefix(HOST_IFNAME_PREFIX).is_some_and(|hex| {
@@ -217,7 +225,7 @@ fn validate(pod: &PodInterface) -> Result<(), DatapathError> {
 }
 
 /// The request creating the veth pair: the node side `host_ifname` (up, MTU, MAC) and its
-/// peer `pod.ifname` (MTU; still down) directly in the namespace `netns_fd`.
+/// peer `pod.ifname` (MTU, [`pod_mac`]; still down) directly in the namespace `netns_fd`.
 fn veth_message(
     host_ifname: &str,
     host_mac: [u8; 6],
@@ -229,6 +237,7 @@ fn veth_message(
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(pod.ifname.clone())
         .mtu(pod.mtu)
+        .address(pod_mac(&pod.container_id, &pod.ifname).to_vec())
         .setns_by_fd(netns_fd)
         .build();
     LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
@@ -285,7 +294,7 @@ const EEXIST: i32 = rustix::io::Errno::EXIST.raw_os_error();
 const ENODEV: i32 = rustix::io::Errno::NODEV.raw_os_error();
 
 /// Wires up the pod: creates the veth pair (the pod side directly in `netns`), configures both
-/// ends, and routes the pod's address to it. `host` is a handle in the node's namespace,
+/// ends, and routes the pod's address to it. `node` holds sockets in the node's namespace,
 /// `netns` the pod's namespace.
 ///
 /// Idempotent for a retried ADD: if the node side already exists (an earlier attempt), it is
@@ -296,17 +305,18 @@ const ENODEV: i32 = rustix::io::Errno::NODEV.raw_os_error();
 ///
 /// The agent must not run two ADDs for the same attachment at once.
 pub async fn attach(
-    host: &Handle,
+    node: &netns::Sockets,
     netns: BorrowedFd<'_>,
     pod: &PodInterface,
 ) -> Result<Attached, DatapathError> {
     validate(pod)?;
+    let host = &node.netlink;
     let host_ifname = host_ifname(&pod.container_id, &pod.ifname);
     let host_mac = host_mac(&pod.container_id, &pod.ifname);
     // The pod namespace's socket is opened on a thread while the kernel makes the veth pair,
     // the slowest step of an ADD.
     let (in_pod, created) = tokio::join!(
-        pod_handle_background(netns),
+        pod_sockets_background(netns),
         create_veth(host, netns, pod, &host_ifname, host_mac)
     );
     let in_pod = match (in_pod, created) {
@@ -320,7 +330,7 @@ pub async fn attach(
             return Err(error);
         }
     };
-    match configure(host, &in_pod, pod, &host_ifname, host_mac).await {
+    match configure(node, &in_pod, pod, &host_ifname, host_mac).await {
         Ok(attached) => Ok(attached),
         Err(error) => {
             if let Err(cleanup) = delete_link_by_name(host, &host_ifname).await {
@@ -340,9 +350,9 @@ fn pod_handle(netns: BorrowedFd<'_>) -> Result<Handle, DatapathError> {
     netns::handle_in(netns).map_err(pod_socket_error)
 }
 
-/// [`pod_handle`], opened on a thread while the caller's task goes on.
-async fn pod_handle_background(netns: BorrowedFd<'_>) -> Result<Handle, DatapathError> {
-    netns::handle_in_background(netns)
+/// [`pod_handle`] and a device socket, opened on a thread while the caller's task goes on.
+async fn pod_sockets_background(netns: BorrowedFd<'_>) -> Result<netns::Sockets, DatapathError> {
+    netns::sockets_in_background(netns)
         .await
         .map_err(pod_socket_error)
 }
@@ -406,26 +416,28 @@ async fn create_veth(
 /// routes are added), so the whole step costs about two round trips instead of nine. Every
 /// request is answered; the first failure in that order is reported.
 async fn configure(
-    host: &Handle,
-    in_pod: &Handle,
+    node: &netns::Sockets,
+    in_pod: &netns::Sockets,
     pod: &PodInterface,
     host_ifname: &str,
     host_mac: [u8; 6],
 ) -> Result<Attached, DatapathError> {
     let ifname = pod.ifname.as_str();
-    let (host_link, pod_link) =
-        tokio::join!(find_link(host, host_ifname), find_link(in_pod, ifname));
-    let host_link = host_link?.ok_or_else(|| vanished(host_ifname, "the node's"))?;
-    let pod_link = pod_link?.ok_or_else(|| vanished(ifname, "the pod's"))?;
-    let host_index = host_link.header.index;
-    let pod_index = pod_link.header.index;
-    let pod_mac = LinkFacts::from_message(&pod_link)
-        .mac
-        .ok_or_else(|| {
-            DatapathError::Check(format!(
-                "{ifname} in the pod's namespace has no Ethernet address; the kernel should have picked one"
-            ))
-        })?;
+    // The indexes by ioctl: a system call each, where a netlink lookup is a round trip.
+    let index = |socket: BorrowedFd<'_>, name: &str, namespace: &str| {
+        netns::index_of(socket, name)
+            .map_err(|source| DatapathError::Io {
+                op: "look up the index of".into(),
+                object: format!("{name} in {namespace} namespace"),
+                source,
+            })?
+            .ok_or_else(|| vanished(name, namespace))
+    };
+    let host = &node.netlink;
+    let host_index = index(node.device.as_fd(), host_ifname, "the node's")?;
+    let pod_index = index(in_pod.device.as_fd(), ifname, "the pod's")?;
+    let pod_mac = pod_mac(&pod.container_id, ifname);
+    let in_pod = &in_pod.netlink;
 
     let route = format!(
         "{}/32 dev {host_ifname} scope link proto {POD_ROUTE_PROTOCOL} in the node's namespace",
@@ -1086,6 +1098,12 @@ mod tests {
         assert_eq!(mac[0] & 0b11, 0b10);
         let name = host_ifname("3f9a2c", "eth0");
         assert_eq!(mac_string(&mac[1..]).replace(':', ""), name[3..]);
+        // The pod side: also locally administered unicast, never the node side's address.
+        let pod = pod_mac("3f9a2c", "eth0");
+        assert_eq!(pod[0] & 0b11, 0b10);
+        assert_ne!(pod, mac);
+        assert_eq!(pod[1..], mac[1..]);
+        assert_ne!(pod_mac("3f9a2c", "eth1"), pod);
     }
 
     #[test]
