@@ -68,7 +68,7 @@ pub fn handle_in(ns: BorrowedFd<'_>) -> io::Result<rtnetlink::Handle> {
     Ok(handle)
 }
 
-/// Sockets living in another network namespace, for async code in the agent's.
+/// Sockets in one network namespace (the node's, or a pod's for async code in the agent's).
 pub struct Sockets {
     /// Route netlink.
     pub netlink: rtnetlink::Handle,

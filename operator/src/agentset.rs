@@ -3,8 +3,9 @@
 //! objects, byte for byte (golden files in `operator/testdata/`), so server-side apply of an
 //! unchanged ClusterNetwork changes nothing and a GitOps tool sees no drift in them.
 //!
-//! Every object carries a controller owner reference to the ClusterNetwork, so deleting the
-//! ClusterNetwork removes the node side with it.
+//! Every object carries a controller owner reference to the ClusterNetwork, so the node side
+//! goes with it; before it goes, the ClusterNetwork's finalizer has the operator clean the
+//! nodes with [`render_cleanup`]'s DaemonSet (see `teardown`).
 //!
 //! The agent installs the CNI plugin binary and its configuration itself (into the hostPaths
 //! mounted at `/host/...`), as Cilium's and Calico's agents do, once its datapath is ready.

@@ -4,7 +4,8 @@
 //! Reconciles `clusternetwork/default` when it changes, when the agent DaemonSet changes,
 //! when any NodeNetwork (an agent's report) or Node changes, and every [`RESYNC`] (an agent
 //! that stops reporting changes nothing to watch). Writes only objects it owns and the
-//! ClusterNetwork's status, never its spec.
+//! ClusterNetwork's status and finalizer, never its spec. While the ClusterNetwork is being
+//! deleted it uninstalls Ferrite from the nodes ([`teardown`]) before letting it go.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -313,7 +313,7 @@ pub async fn attach(
     let host = &node.netlink;
     let host_ifname = host_ifname(&pod.container_id, &pod.ifname);
     let host_mac = host_mac(&pod.container_id, &pod.ifname);
-    // The pod namespace's socket is opened on a thread while the kernel makes the veth pair,
+    // The pod namespace's sockets are opened on a thread while the kernel makes the veth pair,
     // the slowest step of an ADD.
     let (in_pod, created) = tokio::join!(
         pod_sockets_background(netns),
@@ -413,7 +413,7 @@ async fn create_veth(
 ///
 /// The requests are pipelined: each namespace's socket gets all of its requests at once and
 /// the kernel handles them in the order they were sent (the pod's link is up before its
-/// routes are added), so the whole step costs about two round trips instead of nine. Every
+/// routes are added), so the whole step costs about one round trip instead of seven. Every
 /// request is answered; the first failure in that order is reported.
 async fn configure(
     node: &netns::Sockets,
