@@ -342,12 +342,7 @@ async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action,
     if !cn.finalizers().iter().any(|f| f == FINALIZER) {
         let mut finalizers = cn.finalizers().to_vec();
         finalizers.push(FINALIZER.into());
-        set_finalizers(&ctx, &cn, finalizers)
-            .await
-            .map_err(|source| Error::Finalizer {
-                verb: "add",
-                source,
-            })?;
+        set_finalizers(&ctx, &cn, finalizers, "add").await?;
         // The write triggers the next reconcile.
         return Ok(Action::await_change());
     }
@@ -390,12 +385,14 @@ async fn reconcile(cn: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action,
 }
 
 /// Replaces the finalizer list, if the object has not changed since it was read (its
-/// resourceVersion): another writer's finalizer is never lost.
+/// resourceVersion): another writer's finalizer is never lost. `verb` (`add`, `remove`) is
+/// for the error.
 async fn set_finalizers(
     ctx: &Context,
     cn: &ClusterNetwork,
     finalizers: Vec<String>,
-) -> Result<(), kube::Error> {
+    verb: &'static str,
+) -> Result<(), Error> {
     let patch = serde_json::json!({
         "metadata": {
             "finalizers": finalizers,
@@ -410,6 +407,7 @@ async fn set_finalizers(
         )
         .await
         .map(|_| ())
+        .map_err(|source| Error::Finalizer { verb, source })
 }
 
 /// How often the teardown looks again while it waits.
@@ -472,12 +470,7 @@ async fn teardown(cn: &ClusterNetwork, ctx: &Context) -> Result<Action, Error> {
                 .filter(|f| *f != FINALIZER)
                 .cloned()
                 .collect();
-            set_finalizers(ctx, cn, rest)
-                .await
-                .map_err(|source| Error::Finalizer {
-                    verb: "remove",
-                    source,
-                })?;
+            set_finalizers(ctx, cn, rest, "remove").await?;
             return Ok(Action::await_change());
         }
     }
