@@ -56,6 +56,7 @@ pub fn node_config(
             .collect::<Result<_>>()?,
         egress: Egress::default(),
         cluster_generation: None,
+        cluster_uid: None,
     })
 }
 

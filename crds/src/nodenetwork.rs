@@ -64,6 +64,15 @@ pub struct AgentStatus {
     /// the operator counts a rollout done when every ready agent reports the current one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_network_generation: Option<i64>,
+    /// The `metadata.uid` of that ClusterNetwork: a ClusterNetwork deleted and created again
+    /// starts its generations anew, and a report about the old one must not count.
+    #[serde(
+        default,
+        rename = "clusterNetworkUID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(max = 64))]
+    pub cluster_network_uid: Option<String>,
 }
 
 /// How many pod addresses of one block are in use on the node.

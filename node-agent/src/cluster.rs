@@ -136,6 +136,8 @@ pub struct Report {
     pub blocks: Vec<BlockUse>,
     /// The ClusterNetwork generation the programmed datapath comes from.
     pub cluster_generation: Option<i64>,
+    /// That ClusterNetwork's uid.
+    pub cluster_uid: Option<String>,
 }
 
 /// Writes `report` into `status` of the node's NodeNetwork (a merge patch of the status
@@ -190,6 +192,7 @@ pub fn status_patch(
         version: Some(crate::VERSION.to_owned()),
         last_heartbeat: Some(now),
         cluster_network_generation: report.cluster_generation,
+        cluster_network_uid: report.cluster_uid.clone(),
     };
     let blocks: Vec<BlockUsage> = report.blocks.iter().map(block_usage).collect();
     serde_json::json!({
@@ -228,6 +231,7 @@ mod tests {
                 capacity: 62,
             }],
             cluster_generation: Some(7),
+            cluster_uid: Some("c0ffee".into()),
         }
     }
 
@@ -238,6 +242,7 @@ mod tests {
         assert_eq!(status["agent"]["ready"], true);
         assert_eq!(status["agent"]["lastHeartbeat"], "2023-11-14T22:13:20Z");
         assert_eq!(status["agent"]["clusterNetworkGeneration"], 7);
+        assert_eq!(status["agent"]["clusterNetworkUID"], "c0ffee");
         assert_eq!(
             status["blocks"],
             serde_json::json!([{"cidr": "10.244.0.0/26", "allocated": 5, "capacity": 62}])

@@ -113,6 +113,9 @@ pub struct NodeConfig {
     /// back once programmed so the operator knows the rollout reached this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_generation: Option<i64>,
+    /// That ClusterNetwork's `metadata.uid`, reported with the generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_uid: Option<String>,
 }
 
 impl NodeConfig {
@@ -275,6 +278,7 @@ pub fn from_cluster(
             peers,
             egress,
             cluster_generation: cluster.metadata.generation,
+            cluster_uid: cluster.metadata.uid.clone(),
         },
         warnings,
     ))

@@ -212,15 +212,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut state = (true, "datapath programmed".to_owned());
-    // The ClusterNetwork generation of the configuration last programmed successfully.
-    let mut programmed = config.cluster_generation;
+    // The ClusterNetwork (uid, generation) of the configuration last programmed successfully.
+    let mut programmed = (config.cluster_uid.clone(), config.cluster_generation);
     let mut usage = agent.usage_changes();
     usage.borrow_and_update();
     report(k8s::Report {
         ready: state.0,
         message: state.1.clone(),
         blocks: agent.block_usage(),
-        cluster_generation: programmed,
+        cluster_generation: programmed.1,
+        cluster_uid: programmed.0.clone(),
     })
     .await;
 
@@ -250,7 +251,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Ok(()) => {
                     agent.health.set_ready(true);
                     state = (true, "datapath programmed".into());
-                    programmed = config.cluster_generation;
+                    programmed = (config.cluster_uid.clone(), config.cluster_generation);
                 }
                 Err(e) => {
                     tracing::error!("programming the datapath: {e}");
@@ -264,7 +265,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ready: state.0,
             message: state.1.clone(),
             blocks: agent.block_usage(),
-            cluster_generation: programmed,
+            cluster_generation: programmed.1,
+            cluster_uid: programmed.0.clone(),
         })
         .await;
     }

@@ -264,6 +264,7 @@ fn agent_report(nn: &NodeNetwork) -> Option<AgentReport> {
     Some(AgentReport {
         ready: agent.ready,
         generation: agent.cluster_network_generation,
+        cluster_uid: agent.cluster_network_uid.clone(),
         heartbeat: agent.last_heartbeat.as_ref().map(|t| t.0),
         message,
     })
@@ -295,6 +296,7 @@ fn observe(ctx: &Context, cn: &ClusterNetwork, ds: Result<DaemonSet, String>) ->
     };
     Observed {
         generation: cn.metadata.generation.unwrap_or(0),
+        uid: cn.metadata.uid.clone(),
         mtu: cn.spec.mtu,
         nodes,
         daemon_set,

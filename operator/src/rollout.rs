@@ -30,6 +30,8 @@ pub struct AgentReport {
     pub ready: bool,
     /// The ClusterNetwork generation it runs.
     pub generation: Option<i64>,
+    /// The uid of that ClusterNetwork (`None` from agents that do not report it).
+    pub cluster_uid: Option<String>,
     /// When it last reported.
     pub heartbeat: Option<Timestamp>,
     /// Its message (why it is not ready).
@@ -74,6 +76,10 @@ impl DaemonSetView {
 pub struct Observed {
     /// The ClusterNetwork's `metadata.generation`.
     pub generation: i64,
+    /// Its `metadata.uid`: a report about an earlier ClusterNetwork of the same name (deleted
+    /// and created again, e.g. uninstalled and installed) is not current, whatever its
+    /// generation.
+    pub uid: Option<String>,
     /// `spec.mtu`.
     pub mtu: Option<u32>,
     /// Every node, by name.
@@ -105,7 +111,8 @@ fn age(now: Timestamp, then: Timestamp) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-fn node_state(node: &NodeView, generation: i64, now: Timestamp) -> NodeState {
+fn node_state(node: &NodeView, observed: &Observed) -> NodeState {
+    let (generation, now) = (observed.generation, observed.now);
     let joining = node.created.is_some_and(|c| age(now, c) < JOIN_GRACE);
     let Some(agent) = &node.agent else {
         return if joining {
@@ -130,7 +137,8 @@ fn node_state(node: &NodeView, generation: i64, now: Timestamp) -> NodeState {
                 .unwrap_or_else(|| "agent not ready".into()),
         );
     }
-    if agent.generation == Some(generation) {
+    let same_object = agent.cluster_uid.is_none() || agent.cluster_uid == observed.uid;
+    if agent.generation == Some(generation) && same_object {
         NodeState::Current
     } else {
         NodeState::Lagging
@@ -176,7 +184,7 @@ pub fn status(
     let mut joining = Vec::new();
     let mut failed = Vec::new();
     for (name, node) in &observed.nodes {
-        match node_state(node, generation, now) {
+        match node_state(node, observed) {
             NodeState::Current => current += 1,
             NodeState::Lagging => lagging.push(name.clone()),
             NodeState::Joining => joining.push(name.clone()),
@@ -368,10 +376,14 @@ mod tests {
         Some(AgentReport {
             ready,
             generation: Some(generation),
+            cluster_uid: Some(UID.into()),
             heartbeat: Some(at(heartbeat)),
             message: (!ready).then(|| "programming the datapath failed: boom".to_owned()),
         })
     }
+
+    /// The ClusterNetwork's uid in [`observed`].
+    const UID: &str = "0c0ffee0-0000-4000-8000-000000000005";
 
     fn node(agent: Option<AgentReport>) -> NodeView {
         NodeView {
@@ -393,6 +405,7 @@ mod tests {
     fn observed(nodes: &[(&str, NodeView)], daemon_set: Option<DaemonSetView>) -> Observed {
         Observed {
             generation: 5,
+            uid: Some(UID.into()),
             mtu: None,
             nodes: nodes
                 .iter()
@@ -426,6 +439,37 @@ mod tests {
         assert_eq!(cond(&s, types::DEGRADED).status, "False");
         assert_eq!((s.nodes_ready, s.nodes_desired), (2, 2));
         assert_eq!(s.observed_generation, Some(5));
+    }
+
+    #[test]
+    fn a_report_about_an_earlier_cluster_network_of_the_same_generation_is_not_current() {
+        // Uninstalled and installed again: the new ClusterNetwork starts at generation 1 too.
+        let mut old = agent(true, 5, -1);
+        if let Some(a) = old.as_mut() {
+            a.cluster_uid = Some("an-earlier-uid".into());
+        }
+        let s = status(
+            &observed(
+                &[("a", node(agent(true, 5, -1))), ("b", node(old))],
+                rolled(2),
+            ),
+            None,
+        );
+        assert_eq!(cond(&s, types::READY).status, "False");
+        assert!(
+            cond(&s, types::PROGRESSING)
+                .message
+                .contains("1 of 2 agents still run an older generation"),
+            "{}",
+            cond(&s, types::PROGRESSING).message
+        );
+        // An agent that reports no uid (an older agent) is judged by the generation alone.
+        let mut legacy = agent(true, 5, -1);
+        if let Some(a) = legacy.as_mut() {
+            a.cluster_uid = None;
+        }
+        let s = status(&observed(&[("a", node(legacy))], rolled(1)), None);
+        assert_eq!(cond(&s, types::READY).status, "True");
     }
 
     #[test]
