@@ -507,7 +507,7 @@ impl Intervals {
 }
 
 /// First and last address of `net`, as integers.
-fn bounds(net: IpNet) -> (u128, u128) {
+pub(crate) fn bounds(net: IpNet) -> (u128, u128) {
     match net {
         IpNet::V4(n) => (
             u128::from(u32::from(n.network())),

@@ -330,11 +330,11 @@ pub fn holdings<'a>(
 /// count for nothing). Saturates at 2^63-1, the largest integer the API carries.
 pub fn total_addresses(cidr: IpNet, reserved: &[IpNet]) -> u64 {
     let cidr = cidr.trunc();
-    let (start, end) = bounds(cidr);
+    let (start, end) = blocks::bounds(cidr);
     let mut ranges: Vec<(u128, u128)> = reserved
         .iter()
         .filter(|r| r.max_prefix_len() == cidr.max_prefix_len())
-        .map(|r| bounds(r.trunc()))
+        .map(|r| blocks::bounds(r.trunc()))
         .filter(|(s, e)| *s <= end && *e >= start)
         .map(|(s, e)| (s.max(start), e.min(end)))
         .collect();
@@ -353,16 +353,6 @@ pub fn total_addresses(cidr: IpNet, reserved: &[IpNet]) -> u64 {
     let size = (end - start).saturating_add(1);
     let total = size.saturating_sub(covered);
     u64::try_from(total.min(i64::MAX as u128)).unwrap_or(i64::MAX as u64)
-}
-
-fn bounds(net: IpNet) -> (u128, u128) {
-    match net {
-        IpNet::V4(n) => (
-            u128::from(u32::from(n.network())),
-            u128::from(u32::from(n.broadcast())),
-        ),
-        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
-    }
 }
 
 /// Whether two ranges share an address (ranges of different families never do).
