@@ -40,13 +40,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::changes::Changes;
+use crate::finalizers::{self, FinalizerError};
 use crate::metrics::{Metrics, controllers};
 use crate::pools::{self, Assessment, ClusterView, NodeAddresses, PoolState, Transition};
 use crate::telemetry;
@@ -123,26 +124,21 @@ impl Error {
             Self::Unexpected { .. } => RESYNC,
         }
     }
+}
 
-    fn from_finalizer(name: &str, error: finalizer::Error<Self>) -> Self {
-        match error {
-            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-            finalizer::Error::AddFinalizer(source) => Self::Finalizer {
-                verb: "add",
-                name: name.to_owned(),
-                source,
-            },
-            finalizer::Error::RemoveFinalizer(source) => Self::Finalizer {
-                verb: "remove",
-                name: name.to_owned(),
-                source,
-            },
-            other @ (finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer) => {
-                Self::Unexpected {
-                    name: name.to_owned(),
-                    what: other.to_string(),
-                }
-            }
+impl FinalizerError for Error {
+    fn finalizer(verb: &'static str, name: &str, source: kube::Error) -> Self {
+        Self::Finalizer {
+            verb,
+            name: name.to_owned(),
+            source,
+        }
+    }
+
+    fn unexpected(name: &str, what: String) -> Self {
+        Self::Unexpected {
+            name: name.to_owned(),
+            what,
         }
     }
 }
@@ -494,7 +490,7 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action> {
         }
     })
     .await
-    .map_err(|e| Error::from_finalizer(&name, e))
+    .map_err(|e| finalizers::into_error(&name, e))
 }
 
 /// Writes the pool's status and gauges.

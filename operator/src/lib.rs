@@ -36,6 +36,7 @@ pub mod changes;
 pub mod claims;
 pub mod clusternetwork;
 pub mod controllers;
+mod finalizers;
 pub mod ippool;
 pub mod leader;
 pub mod lifecycle;

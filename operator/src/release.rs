@@ -22,12 +22,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+use crate::finalizers::{self, FinalizerError};
 use crate::lifecycle::{self, Release, ReleaseReason};
 use crate::metrics::{Metrics, controllers};
 use crate::telemetry;
@@ -69,26 +70,21 @@ impl Error {
             Self::Unexpected { .. } => "unexpected",
         }
     }
+}
 
-    fn from_finalizer(name: &str, error: finalizer::Error<Self>) -> Self {
-        match error {
-            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-            finalizer::Error::AddFinalizer(source) => Self::Finalizer {
-                verb: "add",
-                name: name.to_owned(),
-                source,
-            },
-            finalizer::Error::RemoveFinalizer(source) => Self::Finalizer {
-                verb: "remove",
-                name: name.to_owned(),
-                source,
-            },
-            other @ (finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer) => {
-                Self::Unexpected {
-                    name: name.to_owned(),
-                    what: other.to_string(),
-                }
-            }
+impl FinalizerError for Error {
+    fn finalizer(verb: &'static str, name: &str, source: kube::Error) -> Self {
+        Self::Finalizer {
+            verb,
+            name: name.to_owned(),
+            source,
+        }
+    }
+
+    fn unexpected(name: &str, what: String) -> Self {
+        Self::Unexpected {
+            name: name.to_owned(),
+            what,
         }
     }
 }
@@ -163,7 +159,7 @@ async fn reconcile(nn: Arc<NodeNetwork>, ctx: Arc<Context>) -> Result<Action, Er
         }
     })
     .await
-    .map_err(|e| Error::from_finalizer(&name, e))?;
+    .map_err(|e| finalizers::into_error(&name, e))?;
     // The helper cleans up (and removes the finalizer) exactly for a NodeNetwork being
     // deleted that has it, the one `reason` was decided for above; said only once it is done.
     if let Some(reason) = reason {
