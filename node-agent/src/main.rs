@@ -201,7 +201,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(socket = %args.socket.display(), "ready");
     // Every report is also the heartbeat the operator releases a deleted node's blocks by:
     // it comes with each reconcile (at least every resync) and after address use changes.
-    let report = |report: k8s::Report| {
+    // What it says: `state` (ready, message) and `programmed`, the ClusterNetwork (uid,
+    // generation) of the configuration last programmed successfully.
+    let report = |state: &(bool, String), programmed: &(Option<String>, Option<i64>)| {
+        let report = k8s::Report {
+            ready: state.0,
+            message: state.1.clone(),
+            blocks: agent.block_usage(),
+            cluster_generation: programmed.1,
+            cluster_uid: programmed.0.clone(),
+        };
         let client = client.clone();
         async move {
             if let Some((client, node)) = client
@@ -212,18 +221,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut state = (true, "datapath programmed".to_owned());
-    // The ClusterNetwork (uid, generation) of the configuration last programmed successfully.
     let mut programmed = (config.cluster_uid.clone(), config.cluster_generation);
     let mut usage = agent.usage_changes();
     usage.borrow_and_update();
-    report(k8s::Report {
-        ready: state.0,
-        message: state.1.clone(),
-        blocks: agent.block_usage(),
-        cluster_generation: programmed.1,
-        cluster_uid: programmed.0.clone(),
-    })
-    .await;
+    report(&state, &programmed).await;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut resync = tokio::time::interval(Duration::from_secs(60));
@@ -261,14 +262,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         usage.borrow_and_update();
-        report(k8s::Report {
-            ready: state.0,
-            message: state.1.clone(),
-            blocks: agent.block_usage(),
-            cluster_generation: programmed.1,
-            cluster_uid: programmed.0.clone(),
-        })
-        .await;
+        report(&state, &programmed).await;
     }
     // Pods keep their datapath while the agent is away; the plugin queues DELs meanwhile.
     let _ = std::fs::remove_file(&args.socket);
