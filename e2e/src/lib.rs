@@ -478,6 +478,21 @@ impl PodBuilder<'_> {
     }
 }
 
+/// The addresses of the pods `api` lists with the label `selector` that are Running and have
+/// one (pods still starting are left out).
+pub async fn running_pod_ips(api: &Api<Pod>, selector: &str) -> Result<Vec<String>> {
+    let pods = api
+        .list(&kube::api::ListParams::default().labels(selector))
+        .await
+        .with_context(|| format!("listing the pods {selector}"))?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+        .collect())
+}
+
 /// The pod's IP (set once [`PodBuilder::create`] returned).
 pub fn pod_ip(pod: &Pod) -> Result<String> {
     pod.status

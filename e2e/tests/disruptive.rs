@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use ferrite_crds::ClusterNetwork;
 use ferrite_crds::conditions::{self, types};
-use ferrite_e2e::{Cluster, NETEXEC_PORT, TestNamespace, http_get, pod_ip, wait_for};
+use ferrite_e2e::{
+    Cluster, NETEXEC_PORT, TestNamespace, http_get, pod_ip, running_pod_ips, wait_for,
+};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -348,13 +350,7 @@ async fn a_node_running_more_pods_than_its_block_holds_gets_another_block() -> R
         &format!("{PODS} pods on {full} to be Running with an address"),
         Duration::from_secs(600),
         || async {
-            let pods = api.list(&ListParams::default().labels("app=grow")).await?;
-            let running: Vec<String> = pods
-                .items
-                .iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
-                .collect();
+            let running = running_pod_ips(&api, "app=grow").await?;
             Ok((running.len() == PODS).then_some(running))
         },
     )

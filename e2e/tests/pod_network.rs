@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use ferrite_crds::NodeNetwork;
 use ferrite_e2e::{
-    Cluster, NETEXEC_PORT, OutsideServer, TestNamespace, http_get, in_netns, pod_ip, wait_for,
+    Cluster, NETEXEC_PORT, OutsideServer, TestNamespace, http_get, in_netns, pod_ip,
+    running_pod_ips, wait_for,
 };
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -218,15 +219,7 @@ async fn a_hundred_pods_get_a_hundred_distinct_addresses_and_give_them_back() ->
         "100 pods to be Running with an address",
         Duration::from_secs(600),
         || async {
-            let pods = api
-                .list(&ListParams::default().labels("app=hundred"))
-                .await?;
-            let running: Vec<String> = pods
-                .items
-                .iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
-                .collect();
+            let running = running_pod_ips(&api, "app=hundred").await?;
             Ok((running.len() == PODS).then_some(running))
         },
     )
