@@ -2,15 +2,17 @@
 //! a burst of concurrent Ferrite ADDs.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ferrite_agent::config::Routing;
 
 use crate::agent::{self, Agent};
 use crate::cni::{self, Plugin};
-use crate::report::{Concurrent, LatencyReport};
+use crate::report::{Concurrent, LatencyReport, VethCreation};
 use crate::stats::Latency;
 use crate::sys::{self, Netns, ScratchDir};
 use crate::{Binaries, progress};
@@ -163,6 +165,8 @@ pub fn run(bins: &Binaries, scratch: &ScratchDir, s: &Settings) -> Result<Latenc
     drop(reference_pods);
 
     let concurrent = concurrent(&ferrite, &ferrite_node, &mut agent, s.concurrent)?;
+    progress("latency: veth pair creation, default queues and one transmit queue");
+    let veth_creation = veth_creation(VETH_ROUNDS, VETH_PAIRS)?;
     let summary = |v: &[Duration]| Latency::of(v).context("no samples");
     Ok(LatencyReport {
         cycles: s.cycles,
@@ -179,7 +183,52 @@ pub fn run(bins: &Binaries, scratch: &ScratchDir, s: &Settings) -> Result<Latenc
         agent_state_fs: sys::fs_type(&state)?,
         reference_data_fs: sys::fs_type(&dir)?,
         concurrent,
+        veth_creation,
     })
+}
+
+/// Rounds and pairs per round of [`veth_creation`].
+const VETH_ROUNDS: usize = 5;
+const VETH_PAIRS: usize = 100;
+
+/// The kernel's cost of the veth pair an ADD makes, with the queue counts the kernel picks by
+/// default and with one transmit queue per end (what the agent asks for): `pairs` pairs made
+/// by one `ip -batch` into a fresh pair of namespaces, the peer moved into the second, as the
+/// agent moves it into the pod's. The two kinds alternate for `rounds` rounds; each number is
+/// the batch's wall time divided by `pairs`.
+fn veth_creation(rounds: usize, pairs: usize) -> Result<VethCreation> {
+    let mut result = VethCreation {
+        pairs,
+        ..VethCreation::default()
+    };
+    for round in 0..rounds {
+        for one_queue in [round % 2 == 0, round % 2 != 0] {
+            sys::check_interrupted()?;
+            let node = Netns::create("lvn")?;
+            let pod = Netns::create("lvp")?;
+            let queues = if one_queue { " numtxqueues 1" } else { "" };
+            let script: String = (0..pairs).fold(String::new(), |mut script, i| {
+                let _ = writeln!(
+                    script,
+                    "link add feq{i}{queues} up type veth peer name eth{i}{queues} netns {}",
+                    pod.name()
+                );
+                script
+            });
+            let started = Instant::now();
+            sys::run_with_input(
+                Command::new("ip").args(["-n", node.name(), "-batch", "-"]),
+                script.as_bytes(),
+            )?;
+            let per_pair = started.elapsed() / u32::try_from(pairs).context("pairs")?;
+            if one_queue {
+                result.one_tx_queue.push(per_pair);
+            } else {
+                result.default_queues.push(per_pair);
+            }
+        }
+    }
+    Ok(result)
 }
 
 /// One ADD and one DEL, both timed; either failing fails the run (numbers from failed calls

@@ -95,6 +95,63 @@ pub struct LatencyReport {
     pub reference_data_fs: String,
     /// The concurrent check.
     pub concurrent: Concurrent,
+    /// The kernel's cost of a veth pair, by queue count.
+    pub veth_creation: VethCreation,
+}
+
+impl VethCreation {
+    /// The medians per pair: (default queues, one transmit queue).
+    pub fn medians(&self) -> Option<(Duration, Duration)> {
+        Some((
+            Latency::of(&self.default_queues)?.p50,
+            Latency::of(&self.one_tx_queue)?.p50,
+        ))
+    }
+}
+
+/// The markdown of the veth-creation measurement.
+fn veth_creation_section(out: &mut String, v: &VethCreation) {
+    let Some((default, one)) = v.medians() else {
+        return;
+    };
+    let runs = |d: &[Duration]| {
+        d.iter()
+            .map(|d| format!("{:.0}", d.as_secs_f64() * 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "### The veth pair\n\n\
+         The largest kernel step of an ADD. {} pairs per round made by one `ip -batch` in a fresh \
+         namespace, each peer created in a second one (as the agent creates it in the pod's), \
+         `up` on the node side; the two kinds alternate for {} rounds. By default the kernel \
+         gives each veth end one transmit queue per possible CPU and then, the device already \
+         registered, cuts the count used to one, which waits for an RCU grace period; the agent \
+         asks for the one transmit queue (`numtxqueues 1` in `ip` terms).\n\n\
+         | veth pair, per pair | runs (µs) | median |\n|---|---|---|\n\
+         | default queues | {} | {:.0} µs |\n\
+         | one transmit queue (Ferrite) | {} | {:.0} µs |\n\n\
+         One transmit queue: {:.2}× the default's time.\n",
+        v.pairs,
+        v.default_queues.len(),
+        runs(&v.default_queues),
+        default.as_secs_f64() * 1e6,
+        runs(&v.one_tx_queue),
+        one.as_secs_f64() * 1e6,
+        stats::ratio(one, default),
+    );
+}
+
+/// Veth pairs made with `ip -batch`: per pair, one number per round.
+#[derive(Clone, Debug, Default)]
+pub struct VethCreation {
+    /// Pairs per round.
+    pub pairs: usize,
+    /// The kernel's default queue counts (one per possible CPU, then cut down to one).
+    pub default_queues: Vec<Duration>,
+    /// One transmit queue per end, as the agent makes them.
+    pub one_tx_queue: Vec<Duration>,
 }
 
 /// Pod-to-pod throughput.
@@ -520,6 +577,7 @@ fn latency_section(out: &mut String, section: &Section<LatencyReport>) {
         opt(l.agent_del_mean),
         ms(l.reference_del.p50)
     );
+    veth_creation_section(out, &l.veth_creation);
     let c = &l.concurrent;
     let _ = writeln!(out, "### {} concurrent ADDs\n", c.n);
     let _ = writeln!(
@@ -812,6 +870,14 @@ pub fn summary(r: &Report) -> String {
                 c.allocations_after,
                 c.leftover_interfaces
             );
+            if let Some((default, one)) = l.veth_creation.medians() {
+                let _ = writeln!(
+                    out,
+                    "  veth pair, kernel only (ip -batch, median per pair): default queues {:.0} µs, one transmit queue {:.0} µs",
+                    default.as_secs_f64() * 1e6,
+                    one.as_secs_f64() * 1e6,
+                );
+            }
             goal_lines(&mut out, &l.goals(), 36);
         }
     }
@@ -907,6 +973,11 @@ mod tests {
                     add_wall: Duration::from_millis(900),
                     del_wall: Duration::from_millis(700),
                     ..Concurrent::default()
+                },
+                veth_creation: VethCreation {
+                    pairs: 100,
+                    default_queues: [500, 450, 520].map(Duration::from_micros).to_vec(),
+                    one_tx_queue: [360, 400, 350].map(Duration::from_micros).to_vec(),
                 },
             })),
             throughput: Some(Ok(ThroughputReport {
@@ -1043,6 +1114,12 @@ mod tests {
             md.contains("allows Ferrite 1.60 ms in this run (0.2× the reference's 8.00 ms); the plugin's exec floor alone takes 1.00 ms of it, leaving 0.60 ms"),
             "{md}"
         );
+        assert!(
+            md.contains("| default queues | 500, 450, 520 | 500 µs |")
+                && md.contains("| one transmit queue (Ferrite) | 360, 400, 350 | 360 µs |")
+                && md.contains("One transmit queue: 0.72× the default's time."),
+            "{md}"
+        );
         // An error message cannot break the table.
         assert!(md.contains("`CNI error 11: try \\| again`"), "{md}");
         assert!(
@@ -1097,6 +1174,10 @@ mod tests {
         assert!(s.contains("Ferrite / reference"), "{s}");
         assert!(s.contains("0.12×"), "{s}");
         assert!(s.contains("goal Native ≥ 0.95× raw"), "{s}");
+        assert!(
+            s.contains("default queues 500 µs, one transmit queue 360 µs"),
+            "{s}"
+        );
         assert!(s.contains("not met"), "{s}");
     }
 }

@@ -7,10 +7,12 @@
 //! [`handle_in`] opens one there and hands it back to async code in the agent's namespace.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+use crate::datapath::batch::Batch;
 
 /// Opens the calling thread's own network namespace (`/proc/1/ns/net` is not readable here,
 /// and the process's main thread may be somewhere else; the thread's own handle always is).
@@ -69,36 +71,107 @@ pub fn handle_in(ns: BorrowedFd<'_>) -> io::Result<rtnetlink::Handle> {
 }
 
 /// Sockets in one network namespace (the node's, or a pod's for async code in the agent's).
-pub struct Sockets {
+/// The route-netlink connection is an rtnetlink [`Handle`](rtnetlink::Handle), or for a pod's
+/// namespace a [`Batch`], which sends the pod's settings in one datagram.
+pub struct Sockets<N = rtnetlink::Handle> {
     /// Route netlink.
-    pub netlink: rtnetlink::Handle,
+    pub netlink: N,
     /// A datagram socket for the namespace's interface ioctls ([`index_of`]).
     pub device: OwnedFd,
 }
 
-/// Like [`handle_in`] (and a [`Sockets::device`] socket), but the calling task does not wait
-/// for the thread: the future resolves once the sockets are open, so the caller can have other
-/// work done meanwhile (the pod's veth is created while its namespace's sockets are being
-/// opened). Must be polled within a tokio runtime.
-pub async fn sockets_in_background(ns: BorrowedFd<'_>) -> io::Result<Sockets> {
-    let ns: OwnedFd = ns.try_clone_to_owned()?;
+/// A [`Batch`] connection and a [`Sockets::device`] socket in the namespace `ns`, opened by
+/// the [`worker`] thread; the calling task does not block on it, so it can have other work done
+/// meanwhile (the pod's veth is created while its namespace's sockets are being opened). Must
+/// be polled within a tokio runtime.
+pub async fn sockets_in_background(ns: BorrowedFd<'_>) -> io::Result<Sockets<Batch>> {
     let runtime = tokio::runtime::Handle::current();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("ferrite-netns".into())
-        .spawn(move || {
-            let opened = enter(ns.as_fd()).and_then(|()| {
-                let device = device_socket()?;
-                let _entered = runtime.enter();
-                rtnetlink::new_connection()
-                    .map(|(connection, handle, _)| (connection, handle, device))
-            });
-            // The receiver is gone only if the caller gave up; the sockets are then just closed.
-            let _ = tx.send(opened);
-        })?;
-    let (connection, netlink, device) = rx.await.map_err(|_| panicked())??;
+    let (connection, netlink, device) = worker::run_in(ns, move || {
+        let device = device_socket()?;
+        // The socket registers with the runtime's reactor when it is created.
+        let _entered = runtime.enter();
+        Batch::open().map(|(batch, connection)| (connection, batch, device))
+    })
+    .await?;
     tokio::spawn(connection);
     Ok(Sockets { netlink, device })
+}
+
+/// One long-lived thread that runs short jobs in other network namespaces, for the ADD path:
+/// starting a thread per job cost about as much as the kernel's veth creation it runs beside.
+///
+/// The thread enters a job's namespace, runs the job, and goes back to the namespace it
+/// started in before it takes the next one, so it never keeps a pod's namespace alive. Only
+/// these jobs ever run on it. If it cannot go back, or a job panics, it ends, and the next job
+/// starts a fresh one.
+pub mod worker {
+    use std::io;
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+    use std::sync::mpsc::{self, SendError};
+    use std::sync::{Mutex, PoisonError};
+
+    use super::{current, enter, panicked};
+
+    /// A job: runs in the thread, is given the thread's home namespace to go back to, and
+    /// says whether the thread got back there.
+    type Job = Box<dyn FnOnce(BorrowedFd<'_>) -> io::Result<()> + Send>;
+
+    static WORKER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+
+    /// Runs `f` on the worker thread inside the namespace `ns` and returns its result.
+    pub async fn run_in<T, F>(ns: BorrowedFd<'_>, f: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> io::Result<T> + Send + 'static,
+    {
+        let ns: OwnedFd = ns.try_clone_to_owned()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        submit(Box::new(move |home| {
+            let result = enter(ns.as_fd()).and_then(|()| f());
+            let back = enter(home);
+            // The receiver is gone only if the caller gave up; what `f` made is then dropped.
+            let _ = tx.send(result);
+            back
+        }))?;
+        rx.await.map_err(|_| panicked())?
+    }
+
+    /// Hands `job` to the worker, starting one if there is none (or it ended).
+    fn submit(job: Job) -> io::Result<()> {
+        let mut worker = WORKER.lock().unwrap_or_else(PoisonError::into_inner);
+        let job = match worker.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return Ok(()),
+                // The thread ended; the job comes back.
+                Err(SendError(job)) => job,
+            },
+            None => job,
+        };
+        let tx = start()?;
+        tx.send(job).map_err(|_| panicked())?;
+        *worker = Some(tx);
+        Ok(())
+    }
+
+    /// Starts the thread. Its home is the namespace of the calling thread (the agent's own).
+    fn start() -> io::Result<mpsc::Sender<Job>> {
+        let home = current()?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("ferrite-netns".into())
+            .spawn(move || {
+                for job in rx {
+                    if let Err(e) = job(home.as_fd()) {
+                        tracing::error!(
+                            "the namespace worker cannot return to the agent's namespace ({e}); \
+                             it ends and the next job starts a new one"
+                        );
+                        return;
+                    }
+                }
+            })?;
+        Ok(tx)
+    }
 }
 
 /// [`Sockets`] in the agent's own namespace. Must be called from within a tokio runtime.

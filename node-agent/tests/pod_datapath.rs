@@ -530,3 +530,92 @@ fn proc_sys_net_follows_the_calling_threads_namespace() {
     let ours_after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl").expect("read");
     assert_eq!(ours, ours_after, "and not here");
 }
+
+/// The device and inode of a network namespace file (`/proc/.../ns/net` or a bind mount).
+fn namespace_id(path: &str) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {path}: {e}"));
+    (meta.dev(), meta.ino())
+}
+
+#[tokio::test]
+async fn the_namespace_worker_runs_jobs_there_and_goes_home_after_each() {
+    let home = namespace_id("/proc/thread-self/ns/net");
+    let pod = Netns::new("worker", "pod");
+    let pod_id = namespace_id(&format!("/run/netns/{}", pod.name));
+    assert_ne!(home, pod_id);
+    for _ in 0..3 {
+        let (tid, seen) = netns::worker::run_in(pod.fd(), || {
+            Ok((
+                rustix::thread::gettid().as_raw_nonzero().get(),
+                namespace_id("/proc/thread-self/ns/net"),
+            ))
+        })
+        .await
+        .expect("a job in the pod's namespace");
+        assert_eq!(seen, pod_id, "the job ran in the pod's namespace");
+        // The worker went back before answering, so it no longer holds the pod's namespace.
+        assert_eq!(
+            namespace_id(&format!("/proc/self/task/{tid}/ns/net")),
+            home,
+            "the worker thread {tid} is back in the agent's namespace"
+        );
+    }
+    // A descriptor that is not a namespace fails the job, not the worker.
+    let not_a_namespace = std::fs::File::open("/dev/null").expect("open /dev/null");
+    let err = netns::worker::run_in(std::os::fd::AsFd::as_fd(&not_a_namespace), || Ok(()))
+        .await
+        .expect_err("/dev/null is no namespace");
+    assert!(err.to_string().contains("setns"), "{err}");
+    netns::worker::run_in(pod.fd(), || Ok(()))
+        .await
+        .expect("the worker still serves");
+}
+
+#[tokio::test]
+async fn a_batch_answers_every_request_in_order_and_a_refusal_stops_none() {
+    use ferrite_agent::datapath::batch::{self, Batch, Verb};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+
+    let ns = Netns::new("batch", "x");
+    let batch = Batch::open_in(ns.fd()).expect("a batch connection in the namespace");
+    let lo_up = rtnetlink::LinkUnspec::new_with_name("lo").up().build();
+    let missing_link = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::new(10, 9, 0, 0), 16)
+        .output_interface(999)
+        .build();
+    let lo_index = {
+        let socket = netns::run_in(ns.fd(), netns::device_socket)
+            .expect("enter")
+            .expect("socket");
+        netns::index_of(std::os::fd::AsFd::as_fd(&socket), "lo")
+            .expect("ioctl")
+            .expect("lo exists")
+    };
+    let address = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(lo_index)
+        .address(Ipv4Addr::new(10, 9, 9, 9), 32)
+        .build();
+    let outcomes = batch
+        .send(vec![
+            batch::request(Verb::Set, RouteNetlinkMessage::SetLink(lo_up)),
+            batch::request(Verb::Add, RouteNetlinkMessage::NewRoute(missing_link)),
+            batch::request(Verb::Add, RouteNetlinkMessage::NewAddress(address)),
+        ])
+        .await
+        .expect("the batch is answered");
+    assert_eq!(outcomes.len(), 3);
+    assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+    match &outcomes[1] {
+        Err(rtnetlink::Error::NetlinkError(e)) => {
+            assert_eq!(e.raw_code(), -19, "ENODEV for interface 999: {e}");
+        }
+        other => panic!("the route via a missing interface is refused, got {other:?}"),
+    }
+    assert!(outcomes[2].is_ok(), "{:?}", outcomes[2]);
+    let addresses = ns.ip(&["-4", "addr", "show", "dev", "lo"]);
+    assert!(
+        addresses.contains("UP") && addresses.contains("10.9.9.9/32"),
+        "the requests before and after the refused one took effect: {addresses}"
+    );
+}

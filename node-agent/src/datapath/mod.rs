@@ -1,6 +1,7 @@
 //! The node's datapath, programmed through netlink: pod interfaces ([`pod`]) and the routes,
 //! tunnel device and neighbours that reach other nodes' pods ([`node`]).
 
+pub mod batch;
 pub mod node;
 pub mod pod;
 

@@ -29,7 +29,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -40,9 +39,13 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use super::DatapathError;
+use super::batch::{self, Batch, Verb};
 use crate::netns;
 use crate::routing::POD_GATEWAY;
 
@@ -238,16 +241,28 @@ fn veth_message(
         .name(pod.ifname.clone())
         .mtu(pod.mtu)
         .address(pod_mac(&pod.container_id, &pod.ifname).to_vec())
+        .append_extra_attribute(LinkAttribute::NumTxQueues(VETH_TX_QUEUES))
         .setns_by_fd(netns_fd)
         .build();
     LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(host_ifname)
         .mtu(pod.mtu)
         .address(host_mac.to_vec())
+        .append_extra_attribute(LinkAttribute::NumTxQueues(VETH_TX_QUEUES))
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .up()
         .build()
 }
+
+/// Transmit queues each end of a pod's veth is made with.
+///
+/// Without the attribute the kernel allocates one per possible CPU and then, on the already
+/// registered device, cuts the used count down to one (`veth_init_queues`), which waits for an
+/// RCU grace period (`synchronize_net`), once per end. Asking for the one queue that is used
+/// anyway skips both waits (`make bench` measures both kinds: docs/benchmarks.md, "The veth
+/// pair"). The only loss is that `ethtool -L` cannot raise a pod veth's transmit queues, which
+/// no CNI user does; the receive queues (veth's XDP/GRO rings) keep the default.
+const VETH_TX_QUEUES: u32 = 1;
 
 /// `<address>/32 dev <host_index> scope link proto 253` (main table).
 fn host_route_message(address: Ipv4Addr, host_index: u32) -> RouteMessage {
@@ -257,6 +272,38 @@ fn host_route_message(address: Ipv4Addr, host_index: u32) -> RouteMessage {
         .scope(RouteScope::Link)
         .protocol(RouteProtocol::from(POD_ROUTE_PROTOCOL))
         .build()
+}
+
+/// In the pod: `ip link set <pod_index> up`.
+fn link_up_message(pod_index: u32) -> LinkMessage {
+    LinkUnspec::new_with_index(pod_index).up().build()
+}
+
+/// In the pod: `ip link set lo up`.
+fn loopback_up_message() -> LinkMessage {
+    LinkUnspec::new_with_name("lo").up().build()
+}
+
+/// In the pod: `<address>/32 dev <pod_index>`.
+fn address_message(address: Ipv4Addr, pod_index: u32) -> AddressMessage {
+    AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(pod_index)
+        .address(address, 32)
+        .build()
+}
+
+/// In the pod: `169.254.1.1 lladdr <host_mac> dev <pod_index> nud permanent`, so the pod
+/// never has to resolve its gateway (the node side answers no ARP).
+fn gateway_neighbour_message(pod_index: u32, host_mac: [u8; 6]) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = pod_index;
+    message.header.state = NeighbourState::Permanent;
+    message.attributes = vec![
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(POD_GATEWAY)),
+        NeighbourAttribute::LinkLayerAddress(host_mac.to_vec()),
+    ];
+    message
 }
 
 /// In the pod: `169.254.1.1 dev <pod_index> scope link proto 253`.
@@ -351,7 +398,9 @@ fn pod_handle(netns: BorrowedFd<'_>) -> Result<Handle, DatapathError> {
 }
 
 /// [`pod_handle`] and a device socket, opened on a thread while the caller's task goes on.
-async fn pod_sockets_background(netns: BorrowedFd<'_>) -> Result<netns::Sockets, DatapathError> {
+async fn pod_sockets_background(
+    netns: BorrowedFd<'_>,
+) -> Result<netns::Sockets<Batch>, DatapathError> {
     netns::sockets_in_background(netns)
         .await
         .map_err(pod_socket_error)
@@ -411,13 +460,13 @@ async fn create_veth(
 
 /// Everything after the veth exists. On error the caller deletes the veth.
 ///
-/// The requests are pipelined: each namespace's socket gets all of its requests at once and
-/// the kernel handles them in the order they were sent (the pod's link is up before its
-/// routes are added), so the whole step costs about one round trip instead of seven. Every
-/// request is answered; the first failure in that order is reported.
+/// The pod's six settings go to the kernel as one [`Batch`] (one datagram, handled in the order
+/// sent: the pod's link is up before its routes are added), and the node's route goes out on
+/// the node's socket meanwhile. Every request is answered; the first failure in that order is
+/// reported.
 async fn configure(
     node: &netns::Sockets,
-    in_pod: &netns::Sockets,
+    in_pod: &netns::Sockets<Batch>,
     pod: &PodInterface,
     host_ifname: &str,
     host_mac: [u8; 6],
@@ -443,58 +492,81 @@ async fn configure(
         "{}/32 dev {host_ifname} scope link proto {POD_ROUTE_PROTOCOL} in the node's namespace",
         pod.address
     );
-    // `biased`: first polled in this order, so sent in this order.
-    let (link_up, address, lo_up, neighbour, gateway_route, default_route, host_route) = tokio::join!(
-        biased;
-        in_pod
-            .link()
-            .set(LinkUnspec::new_with_index(pod_index).up().build())
-            .execute(),
-        in_pod
-            .address()
-            .add(pod_index, IpAddr::V4(pod.address), 32)
-            .execute(),
-        in_pod
-            .link()
-            .set(LinkUnspec::new_with_name("lo").up().build())
-            .execute(),
-        in_pod
-            .neighbours()
-            .add(pod_index, IpAddr::V4(POD_GATEWAY))
-            .link_layer_address(&host_mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute(),
-        in_pod.route().add(gateway_route_message(pod_index)).execute(),
-        in_pod.route().add(default_route_message(pod_index)).execute(),
+    // The pod's settings, in the order the kernel applies them (its link is up before its
+    // routes are added), and what each error message names.
+    let settings = [
+        (
+            batch::request(
+                Verb::Set,
+                RouteNetlinkMessage::SetLink(link_up_message(pod_index)),
+            ),
+            "set up",
+            format!("{ifname} in the pod's namespace"),
+        ),
+        (
+            batch::request(
+                Verb::Add,
+                RouteNetlinkMessage::NewAddress(address_message(pod.address, pod_index)),
+            ),
+            "add address",
+            format!("{}/32 to {ifname} in the pod's namespace", pod.address),
+        ),
+        (
+            batch::request(
+                Verb::Set,
+                RouteNetlinkMessage::SetLink(loopback_up_message()),
+            ),
+            "set up",
+            "lo in the pod's namespace".to_owned(),
+        ),
+        (
+            batch::request(
+                Verb::Replace,
+                RouteNetlinkMessage::NewNeighbour(gateway_neighbour_message(pod_index, host_mac)),
+            ),
+            "add permanent neighbour",
+            format!(
+                "{POD_GATEWAY} lladdr {} dev {ifname} in the pod's namespace",
+                mac_string(&host_mac)
+            ),
+        ),
+        (
+            batch::request(
+                Verb::Add,
+                RouteNetlinkMessage::NewRoute(gateway_route_message(pod_index)),
+            ),
+            "add route",
+            format!("{POD_GATEWAY}/32 dev {ifname} scope link in the pod's namespace"),
+        ),
+        (
+            batch::request(
+                Verb::Add,
+                RouteNetlinkMessage::NewRoute(default_route_message(pod_index)),
+            ),
+            "add route",
+            format!("default via {POD_GATEWAY} dev {ifname} in the pod's namespace"),
+        ),
+    ];
+    let (requests, names): (Vec<_>, Vec<_>) = settings
+        .into_iter()
+        .map(|(request, op, object)| (request, (op, object)))
+        .unzip();
+    // The node's route goes out on its own socket meanwhile.
+    let (in_pod, host_route) = tokio::join!(
+        in_pod.send(requests),
         host.route()
             .add(host_route_message(pod.address, host_index))
             .execute(),
     );
-    link_up.map_err(netlink(
-        "set up",
-        format!("{ifname} in the pod's namespace"),
-    ))?;
-    address.map_err(netlink(
-        "add address",
-        format!("{}/32 to {ifname} in the pod's namespace", pod.address),
-    ))?;
-    lo_up.map_err(netlink("set up", "lo in the pod's namespace"))?;
-    neighbour.map_err(netlink(
-        "add permanent neighbour",
-        format!(
-            "{POD_GATEWAY} lladdr {} dev {ifname} in the pod's namespace",
-            mac_string(&host_mac)
-        ),
-    ))?;
-    gateway_route.map_err(netlink(
-        "add route",
-        format!("{POD_GATEWAY}/32 dev {ifname} scope link in the pod's namespace"),
-    ))?;
-    default_route.map_err(netlink(
-        "add route",
-        format!("default via {POD_GATEWAY} dev {ifname} in the pod's namespace"),
-    ))?;
+    let in_pod = in_pod.map_err(|source| DatapathError::Io {
+        op: "configure".into(),
+        object: format!("{ifname} in the pod's namespace"),
+        source,
+    })?;
+    // The first refusal in the order sent is the one reported.
+    for (outcome, (op, object)) in in_pod.into_iter().zip(names) {
+        outcome.map_err(netlink(op, object))?;
+    }
     match host_route.map_err(netlink("add route", route.clone())) {
         Ok(()) => {}
         Err(e) if e.errno() == Some(EEXIST) => {
@@ -1218,6 +1290,12 @@ mod tests {
         );
         assert!(peer.attributes.contains(&LinkAttribute::Mtu(1400)));
         assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(7)));
+        for (end, attributes) in [("node", &m.attributes), ("pod", &peer.attributes)] {
+            assert!(
+                attributes.contains(&LinkAttribute::NumTxQueues(1)),
+                "the {end} side asks for one transmit queue, sparing a grace period"
+            );
+        }
     }
 
     #[test]
