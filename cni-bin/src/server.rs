@@ -4,8 +4,9 @@
 //! stream. A request that cannot be read is answered with [`error_response`], so the plugin
 //! prints why instead of "connection reset".
 //!
-//! [`read_request`] reads until the plugin shuts its write side; a peer that never does would
-//! keep it waiting, so the agent should bound it (`tokio::time::timeout`). The received
+//! [`read_request`] reads until it holds a whole JSON value or the plugin shuts its write side;
+//! a peer that does neither would keep it waiting, so the agent should bound it
+//! (`tokio::time::timeout`). The received
 //! descriptor is whatever the plugin opened as `CNI_NETNS`: the agent's `setns` checks that it
 //! is a network namespace.
 
@@ -95,10 +96,27 @@ pub fn error_response(err: &ServerError) -> Response {
 
 /// Reads one request, with the pod's network namespace when the request says one is attached.
 ///
-/// Reads until the plugin shuts its write side. Unexpected descriptors are closed.
+/// Reads until the bytes are a whole JSON value or the plugin shuts its write side. Unexpected
+/// descriptors are closed.
 pub async fn read_request(stream: &UnixStream) -> Result<(Request, Option<OwnedFd>), ServerError> {
-    let (bytes, fds) = read_to_eof(stream).await?;
+    let (bytes, fds) = read_whole_value(stream).await?;
     decode_request(&bytes, fds)
+}
+
+/// Whether `bytes` hold a whole JSON object (or something that can never become one), so
+/// reading can stop before the plugin's EOF. Only tried when the last non-blank byte is `}`,
+/// the only way an object ends: a multi-megabyte GC request is not re-parsed per chunk.
+fn holds_whole_value(bytes: &[u8]) -> bool {
+    let ends_an_object = bytes
+        .iter()
+        .rev()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'}');
+    ends_an_object
+        && match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => true,
+            Err(e) => !e.is_eof(),
+        }
 }
 
 /// The request, checked against the descriptors that came with it.
@@ -121,8 +139,10 @@ fn decode_request(
     }
 }
 
-/// Everything the peer sends until EOF, and every descriptor that came with it.
-async fn read_to_eof(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), ServerError> {
+/// What the peer sends until it is a whole JSON value ([`holds_whole_value`]) or until EOF,
+/// and every descriptor that came with it. Not waiting for the EOF the plugin sends after its
+/// request saves the agent a wake-up per request.
+async fn read_whole_value(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), ServerError> {
     let mut bytes = Vec::new();
     let mut fds = Vec::new();
     let mut chunk = vec![0_u8; 64 * 1024];
@@ -156,6 +176,9 @@ async fn read_to_eof(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), Ser
             return Err(ServerError::TooLarge);
         }
         bytes.extend_from_slice(&chunk[..n]);
+        if holds_whole_value(&bytes) {
+            return Ok((bytes, fds));
+        }
     }
 }
 
@@ -252,6 +275,45 @@ mod tests {
         assert!(same_file(fd.as_fd(), netns.as_fd()));
         write_response(&stream, &Response::Done).await.unwrap();
         assert_eq!(plugin.join().unwrap().unwrap(), Response::Done);
+    }
+
+    #[test]
+    fn a_whole_value_is_recognised_without_waiting_for_eof() {
+        let whole = br#"{"command":"DEL","containerId":"a}b","nested":{"x":[1,2]}}"#;
+        assert!(holds_whole_value(whole));
+        assert!(holds_whole_value(b"{\"a\":1}\n  "), "trailing blanks");
+        // Cut anywhere before the end, it is not whole (an inner `}` included).
+        for cut in 1..whole.len() {
+            assert!(!holds_whole_value(&whole[..cut]), "{cut}");
+        }
+        assert!(!holds_whole_value(b""));
+        // Something that can never become a request stops the reading at once, to be refused.
+        assert!(holds_whole_value(b"{\"a\":1}}"));
+    }
+
+    #[tokio::test]
+    async fn a_request_is_read_before_the_plugin_shuts_its_side() {
+        let (_dir, path, listener) = listener();
+        let request = del_request();
+        let bytes = serde_json::to_vec(&request).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let plugin = thread::spawn(move || {
+            let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let sock = OwnedFd::from(stream);
+            let deadline = Deadline::after(Duration::from_secs(10));
+            client::send_all(&sock, &bytes, &[], &deadline).unwrap();
+            // No shutdown until the agent has read the request.
+            done_rx.recv().unwrap();
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let (got, fd) = tokio::time::timeout(Duration::from_secs(10), read_request(&stream))
+            .await
+            .expect("read without the plugin's EOF")
+            .unwrap();
+        assert!(fd.is_none());
+        assert_eq!(got, request);
+        done_tx.send(()).unwrap();
+        plugin.join().unwrap();
     }
 
     #[tokio::test]
