@@ -171,6 +171,8 @@ pub struct ThroughputReport {
     pub native: Vec<f64>,
     /// The raw veth runs of the same rounds, bit/s.
     pub native_raw: Vec<f64>,
+    /// The same rounds through Native's topology built by hand (no CNI), bit/s.
+    pub hand_routed: Vec<f64>,
     /// VXLAN runs, bit/s.
     pub vxlan: Vec<f64>,
     /// The raw veth runs of the same rounds, bit/s.
@@ -360,6 +362,11 @@ impl ThroughputReport {
             ("Native", &self.native, &self.native_raw),
             ("VXLAN", &self.vxlan, &self.vxlan_raw),
         ]
+    }
+
+    /// Median of the Native runs over the median of the hand-routed runs of the same rounds.
+    pub fn native_vs_hand_routed(&self) -> f64 {
+        ratio_of_medians(&self.native, &self.hand_routed)
     }
 
     /// Median of the Native runs over the median of the raw runs of the same rounds.
@@ -669,7 +676,9 @@ fn throughput_section(out: &mut String, section: &Section<ThroughputReport>) {
          `{\"mode\":\"VXLAN\",\"vni\":1,\"port\":8472}`; the run waits until `ferrite.vxlan` \
          exists in both nodes, then re-creates the pods (so they get the tunnel's MTU) and checks \
          afterwards that the traffic went through the tunnel.\n\
-         * The runs alternate: each round is one raw run and one run of the mode under test, so \
+         * **hand-routed**: Native's topology made by hand, without Ferrite (below the table).\n\
+         * The runs alternate: each round is one raw run and one run of the mode under test \
+         (for Native also one hand-routed run), so \
          drift of a shared machine hits both alike, and each mode is compared with the raw runs \
          of its own rounds: ratio = median of the mode's runs / median of those raw runs. \
          iperf3's client and server each keep a CPU busy: on a 2-CPU machine the numbers are \
@@ -714,6 +723,25 @@ fn throughput_section(out: &mut String, section: &Section<ThroughputReport>) {
             times(ratio_of_medians(runs, raw))
         );
     }
+    let _ = writeln!(
+        out,
+        "| hand-routed veth, no CNI (Native's rounds) | {} | {} | {} | {} | {} |",
+        list(&t.hand_routed),
+        med(&t.hand_routed),
+        list(&t.native_raw),
+        med(&t.native_raw),
+        times(ratio_of_medians(&t.hand_routed, &t.native_raw))
+    );
+    let _ = writeln!(
+        out,
+        "\nThe hand-routed row is Native's topology made with `ip` alone, in a third pair of \
+         node namespaces: the same three veth pairs (one transmit queue per end), `/32` routes, \
+         forwarding in both nodes and the pods' permanent gateway neighbour, but no agent, no \
+         CNI and no nftables table (so no connection tracking). It shows what the topology \
+         itself costs against raw veth, apart from anything Ferrite adds: Ferrite Native / \
+         hand-routed = {}.",
+        times(t.native_vs_hand_routed())
+    );
     out.push_str("\n### Goals\n\n");
     goals_table(out, &t.goals());
     out.push_str("\nVXLAN has no goal here; its ratio is for information.\n\n");
@@ -902,6 +930,14 @@ pub fn summary(r: &Report) -> String {
                     times(ratio_of_medians(runs, raw))
                 );
             }
+            let _ = writeln!(
+                out,
+                "  hand-routed, no CNI {:>17} {:>18} {:>7}   (Native / hand-routed {})",
+                gbit(stats::median(&t.hand_routed).unwrap_or(f64::NAN)),
+                gbit(stats::median(&t.native_raw).unwrap_or(f64::NAN)),
+                times(ratio_of_medians(&t.hand_routed, &t.native_raw)),
+                times(t.native_vs_hand_routed())
+            );
             goal_lines(&mut out, &t.goals(), 36);
         }
     }
@@ -988,6 +1024,7 @@ mod tests {
                 vxlan_pod_mtu: 1450,
                 native: vec![19e9, 20e9, 21e9],
                 native_raw: vec![20e9, 22e9, 21e9],
+                hand_routed: vec![19e9, 21e9, 22e9],
                 vxlan: vec![14e9, 13e9, 15e9],
                 vxlan_raw: vec![10e9, 30e9, 20e9],
                 vxlan_tunnel_bytes: 5_000_000_000,
@@ -1135,6 +1172,12 @@ mod tests {
             "{md}"
         );
         assert!(
+            md.contains(
+                "| hand-routed veth, no CNI (Native's rounds) | 19.00, 21.00, 22.00 | 21.00 | 20.00, 22.00, 21.00 | 21.00 | 1.00× |"
+            ) && md.contains("Ferrite Native / hand-routed = 0.95×."),
+            "{md}"
+        );
+        assert!(
             md.contains("| Native ≥ 0.95× raw | 0.952× | **met** |"),
             "{md}"
         );
@@ -1174,6 +1217,10 @@ mod tests {
         assert!(s.contains("Ferrite / reference"), "{s}");
         assert!(s.contains("0.12×"), "{s}");
         assert!(s.contains("goal Native ≥ 0.95× raw"), "{s}");
+        assert!(
+            s.contains("hand-routed, no CNI") && s.contains("(Native / hand-routed 0.95×)"),
+            "{s}"
+        );
         assert!(
             s.contains("default queues 500 µs, one transmit queue 360 µs"),
             "{s}"

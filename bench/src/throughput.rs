@@ -105,6 +105,112 @@ impl<'a> Pods<'a> {
     }
 }
 
+/// The topology Native mode builds, made by hand with `ip` and no CNI, agent or nftables: a
+/// pod per node behind a routed veth (one transmit queue per end, as the agent makes it),
+/// `/32` routes to the pods, each node routing the other's pod via its address, a permanent
+/// neighbour entry for the pods' link-local gateway. It tells how much of the gap to raw veth
+/// is the topology itself (three veth pairs and two forwarding nodes) rather than Ferrite.
+struct HandRouted {
+    nodes: (Netns, Netns),
+    pods: (Netns, Netns),
+}
+
+impl HandRouted {
+    /// Pods 10.212.0.1 (client) and 10.212.0.2 (server); nodes `a` and `b`.
+    fn build(a: IpAddr, b: IpAddr) -> Result<Self> {
+        let (n1, n2) = node_pair("th", a, b)?;
+        let p1 = Netns::create("thp1")?;
+        let p2 = Netns::create("thp2")?;
+        let mtu = UNDERLAY_MTU.to_string();
+        for (i, node, pod, peer_node) in [(1, &n1, &p1, b), (2, &n2, &p2, a)] {
+            node.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))?
+                .context("enabling forwarding")?;
+            let host = format!("thv{i}");
+            let mac = format!("ee:00:00:00:00:0{i}");
+            node.ip(&[
+                "link",
+                "add",
+                &host,
+                "numtxqueues",
+                "1",
+                "mtu",
+                &mtu,
+                "address",
+                &mac,
+                "up",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "numtxqueues",
+                "1",
+                "mtu",
+                &mtu,
+                "netns",
+                pod.name(),
+            ])?;
+            let own = format!("{}", Self::pod_ip(i));
+            let other = format!("{}", Self::pod_ip(3 - i));
+            pod.ip(&["addr", "add", &format!("{own}/32"), "dev", "eth0"])?;
+            pod.ip(&["link", "set", "eth0", "up"])?;
+            pod.ip(&[
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ])?;
+            pod.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ])?;
+            pod.ip(&[
+                "neigh",
+                "replace",
+                "169.254.1.1",
+                "lladdr",
+                &mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            node.ip(&[
+                "route",
+                "add",
+                &format!("{own}/32"),
+                "dev",
+                &host,
+                "scope",
+                "link",
+            ])?;
+            node.ip(&[
+                "route",
+                "add",
+                &format!("{other}/32"),
+                "via",
+                &peer_node.to_string(),
+            ])?;
+        }
+        Ok(Self {
+            nodes: (n1, n2),
+            pods: (p1, p2),
+        })
+    }
+
+    fn pod_ip(i: u8) -> IpAddr {
+        IpAddr::from([10, 212, 0, i])
+    }
+}
+
 /// What the nodes look like, for an error message.
 fn diagnose(nodes: &[&Netns]) -> String {
     let mut out = String::new();
@@ -177,21 +283,33 @@ pub fn run(bins: &Binaries, scratch: &ScratchDir, s: &Settings) -> Result<Throug
     }
     report.native_pod_mtu = pod_mtu(&p1)?;
     progress(&format!(
-        "throughput: {} rounds of raw + Native ({} s each), pods {} → {}",
+        "throughput: {} rounds of raw + hand-routed + Native ({} s each), pods {} → {}",
         s.repeats,
         s.seconds,
         pods.ip(0),
         pods.ip(1)
     ));
+    let hand = HandRouted::build(ip("172.31.250.1")?, ip("172.31.250.2")?)?;
     {
         let _server = iperf::Server::start(&p2, pods.ip(1), &dir.join("iperf-native.log"))?;
+        let server_ip = HandRouted::pod_ip(2);
+        let _hand_server =
+            iperf::Server::start(&hand.pods.1, server_ip, &dir.join("iperf-hand.log"))?;
         for _ in 0..s.repeats {
             report.native_raw.push(raw()?);
+            let sample = iperf::measure(&hand.pods.0, server_ip, s.seconds).with_context(|| {
+                format!(
+                    "hand-routed pod to pod{}",
+                    diagnose(&[&hand.nodes.0, &hand.nodes.1])
+                )
+            })?;
+            report.hand_routed.push(sample.bits_per_second);
             let sample = iperf::measure(&p1, pods.ip(1), s.seconds)
                 .with_context(|| format!("Native pod to pod{}", diagnose(&[&n1, &n2])))?;
             report.native.push(sample.bits_per_second);
         }
     }
+    drop(hand);
     pods.delete()?;
 
     progress("throughput: switching both agents to VXLAN");
