@@ -49,3 +49,9 @@ kc wait --for=condition=Ready clusternetwork/default --timeout=180s >/dev/null \
 kc get nodenetworks -o jsonpath='{range .items[*]}{.spec.nodeIP}{" "}{.spec.blocks[*]}{"\n"}{end}' | while read -r via blocks; do
   for b in $blocks; do ip route replace "$b" via "$via"; done
 done
+# Blocks the operator adds later (a node outgrowing its first) are not in that list: the whole
+# pool goes via the first node as well, which forwards to the block's node (nodes route every
+# block), so the apiserver reaches those pods too. The per-block routes stay the direct way.
+first_node_ip=$(kc get nodenetworks -o jsonpath='{.items[0].spec.nodeIP}')
+[ -n "$first_node_ip" ] || die "no NodeNetwork has a nodeIP: kubectl --kubeconfig $KUBECONFIG_ADMIN get nodenetworks -o yaml"
+ip route replace "$CLUSTER_CIDR" via "$first_node_ip"

@@ -387,6 +387,23 @@ async fn a_node_running_more_pods_than_its_block_holds_gets_another_block() -> R
         || async { Ok(probe(&ns, "client", &server_ip).await.then_some(())) },
     )
     .await?;
+    // And the host running the control plane (the apiserver's path to webhooks): `make up`
+    // routed the blocks it found one by one, and the new block through the pool's route.
+    let addr = SocketAddr::new(ip, NETEXEC_PORT);
+    let hostname = wait_for(
+        &format!("the host to reach the server at {addr}"),
+        Duration::from_secs(30),
+        || async move {
+            Ok(tokio::task::spawn_blocking(move || http_get(addr, "/hostname"))
+                .await?
+                .ok())
+        },
+    )
+    .await?;
+    ensure!(
+        hostname.trim() == "server",
+        "the host reached {addr} but it answered {hostname:?}, not the server pod"
+    );
     api.delete_collection(
         &DeleteParams::default().grace_period(0),
         &ListParams::default().labels("app=grow"),
