@@ -394,9 +394,11 @@ async fn a_node_running_more_pods_than_its_block_holds_gets_another_block() -> R
         &format!("the host to reach the server at {addr}"),
         Duration::from_secs(30),
         || async move {
-            Ok(tokio::task::spawn_blocking(move || http_get(addr, "/hostname"))
-                .await?
-                .ok())
+            Ok(
+                tokio::task::spawn_blocking(move || http_get(addr, "/hostname"))
+                    .await?
+                    .ok(),
+            )
         },
     )
     .await?;

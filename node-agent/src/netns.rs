@@ -3,8 +3,10 @@
 //! `setns(CLONE_NEWNET)` changes the namespace of the calling *thread* only, so it never runs on
 //! a tokio worker (the next task scheduled there would find itself in a pod's namespace). Code
 //! that must run in another namespace runs on a short-lived thread of its own, which enters the
-//! namespace and ends with it. A netlink socket keeps the namespace it was opened in, so
-//! [`handle_in`] opens one there and hands it back to async code in the agent's namespace.
+//! namespace and ends with it ([`run_in`]), or, on the ADD path, on the one long-lived
+//! [`worker`] thread, which runs nothing else and goes back to the agent's namespace after
+//! every job. A netlink socket keeps the namespace it was opened in, so [`handle_in`] opens one
+//! there and hands it back to async code in the agent's namespace.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};

@@ -3,14 +3,15 @@
 //! Pods are routed, Calico-style, with no bridge. For a pod with address `A`:
 //!
 //! - **node side**: a veth named [`host_ifname`] (`fe` + 11 hex digits), up, with the pod's
-//!   MTU and a MAC derived from the same hash ([`host_mac`]), and the route
-//!   `A/32 dev fe… scope link proto 253` ([`POD_ROUTE_PROTOCOL`]). It has no address.
+//!   MTU, a MAC derived from the same hash ([`host_mac`]) and one transmit queue (as its peer;
+//!   the kernel otherwise cuts one per CPU down to one, which waits for an RCU grace period),
+//!   and the route `A/32 dev fe… scope link proto 253` ([`POD_ROUTE_PROTOCOL`]). It has no
+//!   address.
 //! - **pod side**: the peer, created directly inside the pod's namespace under the runtime's
 //!   interface name (`eth0`), then set up (the kernel refuses to create a veth peer up), with
-//!   `A/32`, the pod's MTU and a MAC the kernel picks; `lo` up; `169.254.1.1 dev eth0 scope
-//!   link`, `default via 169.254.1.1 dev eth0`, and a PERMANENT neighbour entry
-//!   `169.254.1.1 → the node side's MAC`
-//!   ([`POD_GATEWAY`](crate::routing::POD_GATEWAY)).
+//!   `A/32`, the pod's MTU and a MAC derived from the same hash ([`pod_mac`]); `lo` up;
+//!   `169.254.1.1 dev eth0 scope link`, `default via 169.254.1.1 dev eth0`, and a PERMANENT
+//!   neighbour entry `169.254.1.1 → the node side's MAC` ([`POD_GATEWAY`]).
 //!
 //! Because the pod's neighbour entry for its gateway is permanent, the pod never sends an
 //! ARP request for `169.254.1.1`, so the node side needs neither an address nor `proxy_arp`
@@ -23,7 +24,8 @@
 //!
 //! The logic (names, messages, what differs from what should be) is in pure functions; the
 //! async functions only talk to the kernel. Work in a pod's namespace goes through a netlink
-//! socket opened there ([`netns::handle_in`]); no tokio worker ever changes namespace.
+//! socket opened there ([`netns::handle_in`], or for an ADD a [`Batch`] opened by
+//! [`netns::worker`]); no tokio worker ever changes namespace.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -360,8 +362,8 @@ pub async fn attach(
     let host = &node.netlink;
     let host_ifname = host_ifname(&pod.container_id, &pod.ifname);
     let host_mac = host_mac(&pod.container_id, &pod.ifname);
-    // The pod namespace's sockets are opened on a thread while the kernel makes the veth pair,
-    // the slowest step of an ADD.
+    // The pod namespace's sockets are opened by the namespace worker while the kernel makes the
+    // veth pair, the slowest step of an ADD.
     let (in_pod, created) = tokio::join!(
         pod_sockets_background(netns),
         create_veth(host, netns, pod, &host_ifname, host_mac)
@@ -397,7 +399,8 @@ fn pod_handle(netns: BorrowedFd<'_>) -> Result<Handle, DatapathError> {
     netns::handle_in(netns).map_err(pod_socket_error)
 }
 
-/// [`pod_handle`] and a device socket, opened on a thread while the caller's task goes on.
+/// A [`Batch`] connection and a device socket in the pod's namespace, opened by the namespace
+/// worker while the caller's task goes on.
 async fn pod_sockets_background(
     netns: BorrowedFd<'_>,
 ) -> Result<netns::Sockets<Batch>, DatapathError> {
