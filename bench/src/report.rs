@@ -678,7 +678,7 @@ fn throughput_section(out: &mut String, section: &Section<ThroughputReport>) {
          afterwards that the traffic went through the tunnel.\n\
          * **hand-routed**: Native's topology made by hand, without Ferrite (below the table).\n\
          * The runs alternate: each round is one raw run and one run of the mode under test \
-         (for Native also one hand-routed run), so \
+         (for Native also one hand-routed run), in an order that rotates from round to round, so \
          drift of a shared machine hits both alike, and each mode is compared with the raw runs \
          of its own rounds: ratio = median of the mode's runs / median of those raw runs. \
          iperf3's client and server each keep a CPU busy: on a 2-CPU machine the numbers are \

@@ -211,6 +211,11 @@ impl HandRouted {
     }
 }
 
+/// The order of `kinds` runs in round `round`: 0, 1, … rotated by the round.
+fn rotation(round: usize, kinds: usize) -> impl Iterator<Item = usize> {
+    (0..kinds).map(move |k| (round + k) % kinds)
+}
+
 /// What the nodes look like, for an error message.
 fn diagnose(nodes: &[&Netns]) -> String {
     let mut out = String::new();
@@ -295,18 +300,31 @@ pub fn run(bins: &Binaries, scratch: &ScratchDir, s: &Settings) -> Result<Throug
         let server_ip = HandRouted::pod_ip(2);
         let _hand_server =
             iperf::Server::start(&hand.pods.1, server_ip, &dir.join("iperf-hand.log"))?;
-        for _ in 0..s.repeats {
-            report.native_raw.push(raw()?);
-            let sample = iperf::measure(&hand.pods.0, server_ip, s.seconds).with_context(|| {
-                format!(
-                    "hand-routed pod to pod{}",
-                    diagnose(&[&hand.nodes.0, &hand.nodes.1])
-                )
-            })?;
-            report.hand_routed.push(sample.bits_per_second);
-            let sample = iperf::measure(&p1, pods.ip(1), s.seconds)
-                .with_context(|| format!("Native pod to pod{}", diagnose(&[&n1, &n2])))?;
-            report.native.push(sample.bits_per_second);
+        for round in 0..s.repeats {
+            // Each kind goes first, second and third in turn, so no kind always follows
+            // another (a run can find the CPUs' caches and frequencies as the last left them).
+            for kind in rotation(round, 3) {
+                match kind {
+                    0 => report.native_raw.push(raw()?),
+                    1 => {
+                        let sample = iperf::measure(&hand.pods.0, server_ip, s.seconds)
+                            .with_context(|| {
+                                format!(
+                                    "hand-routed pod to pod{}",
+                                    diagnose(&[&hand.nodes.0, &hand.nodes.1])
+                                )
+                            })?;
+                        report.hand_routed.push(sample.bits_per_second);
+                    }
+                    _ => {
+                        let sample =
+                            iperf::measure(&p1, pods.ip(1), s.seconds).with_context(|| {
+                                format!("Native pod to pod{}", diagnose(&[&n1, &n2]))
+                            })?;
+                        report.native.push(sample.bits_per_second);
+                    }
+                }
+            }
         }
     }
     drop(hand);
@@ -370,11 +388,16 @@ pub fn run(bins: &Binaries, scratch: &ScratchDir, s: &Settings) -> Result<Throug
     let before = tunnel_tx()?;
     {
         let _server = iperf::Server::start(&p2, pods.ip(1), &dir.join("iperf-vxlan.log"))?;
-        for _ in 0..s.repeats {
-            report.vxlan_raw.push(raw()?);
-            let sample = iperf::measure(&p1, pods.ip(1), s.seconds)
-                .with_context(|| format!("VXLAN pod to pod{}", diagnose(&[&n1, &n2])))?;
-            report.vxlan.push(sample.bits_per_second);
+        for round in 0..s.repeats {
+            for kind in rotation(round, 2) {
+                if kind == 0 {
+                    report.vxlan_raw.push(raw()?);
+                } else {
+                    let sample = iperf::measure(&p1, pods.ip(1), s.seconds)
+                        .with_context(|| format!("VXLAN pod to pod{}", diagnose(&[&n1, &n2])))?;
+                    report.vxlan.push(sample.bits_per_second);
+                }
+            }
         }
     }
     report.vxlan_tunnel_bytes = tunnel_tx()?.saturating_sub(before);
@@ -398,6 +421,13 @@ pub fn run(bins: &Binaries, scratch: &ScratchDir, s: &Settings) -> Result<Throug
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_takes_every_place_in_turn() {
+        let orders: Vec<Vec<usize>> = (0..3).map(|r| rotation(r, 3).collect()).collect();
+        assert_eq!(orders, [[0, 1, 2], [1, 2, 0], [2, 0, 1]]);
+        assert_eq!(rotation(1, 2).collect::<Vec<_>>(), [1, 0]);
+    }
 
     #[test]
     fn mtu_from_ip_link() {
