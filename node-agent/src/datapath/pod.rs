@@ -368,30 +368,23 @@ pub async fn attach(
         pod_sockets_background(netns),
         create_veth(host, netns, pod, &host_ifname, host_mac)
     );
-    let in_pod = match (in_pod, created) {
-        (Ok(in_pod), Ok(())) => in_pod,
-        (_, Err(error)) => return Err(error),
-        (Err(error), Ok(())) => {
-            // A descriptor that can be passed to the kernel but not entered: undo the veth.
-            if let Err(cleanup) = delete_link_by_name(host, &host_ifname).await {
-                tracing::warn!(%error, %cleanup, host_ifname, "removing the veth of a failed ADD");
-            }
-            return Err(error);
-        }
+    created?;
+    // The veth exists from here on: whatever fails removes it again.
+    let attached = match in_pod {
+        Ok(in_pod) => configure(node, &in_pod, pod, &host_ifname, host_mac).await,
+        // A descriptor the kernel took for the veth's peer but that cannot be entered.
+        Err(error) => Err(error),
     };
-    match configure(node, &in_pod, pod, &host_ifname, host_mac).await {
-        Ok(attached) => Ok(attached),
-        Err(error) => {
-            if let Err(cleanup) = delete_link_by_name(host, &host_ifname).await {
-                tracing::warn!(
-                    %error, %cleanup, host_ifname,
-                    "attaching a pod failed and removing its half-made veth failed too; \
-                     the runtime's retry or DEL removes it, or run `ip link del {host_ifname}`"
-                );
-            }
-            Err(error)
-        }
+    if let Err(error) = &attached
+        && let Err(cleanup) = delete_link_by_name(host, &host_ifname).await
+    {
+        tracing::warn!(
+            %error, %cleanup, host_ifname,
+            "attaching a pod failed and removing its half-made veth failed too; \
+             the runtime's retry or DEL removes it, or run `ip link del {host_ifname}`"
+        );
     }
+    attached
 }
 
 /// A netlink handle inside the pod's namespace.
