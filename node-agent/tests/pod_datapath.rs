@@ -574,24 +574,23 @@ async fn the_namespace_worker_runs_jobs_there_and_goes_home_after_each() {
 
 #[tokio::test]
 async fn a_batch_answers_every_request_in_order_and_a_refusal_stops_none() {
-    use ferrite_agent::datapath::batch::{self, Batch, Verb};
+    use ferrite_agent::datapath::batch::{self, Verb};
     use rtnetlink::packet_route::RouteNetlinkMessage;
 
     let ns = Netns::new("batch", "x");
-    let batch = Batch::open_in(ns.fd()).expect("a batch connection in the namespace");
+    // The sockets an ADD opens in a pod's namespace.
+    let sockets = netns::sockets_in_background(ns.fd())
+        .await
+        .expect("a batch connection and a device socket in the namespace");
+    let batch = &sockets.netlink;
     let lo_up = rtnetlink::LinkUnspec::new_with_name("lo").up().build();
     let missing_link = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(Ipv4Addr::new(10, 9, 0, 0), 16)
         .output_interface(999)
         .build();
-    let lo_index = {
-        let socket = netns::run_in(ns.fd(), netns::device_socket)
-            .expect("enter")
-            .expect("socket");
-        netns::index_of(std::os::fd::AsFd::as_fd(&socket), "lo")
-            .expect("ioctl")
-            .expect("lo exists")
-    };
+    let lo_index = netns::index_of(std::os::fd::AsFd::as_fd(&sockets.device), "lo")
+        .expect("ioctl")
+        .expect("lo exists");
     let address = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
         .index(lo_index)
         .address(Ipv4Addr::new(10, 9, 9, 9), 32)

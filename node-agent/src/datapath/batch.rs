@@ -7,7 +7,6 @@
 //! pod's six settings cost one system call and one wake-up.
 
 use std::io;
-use std::os::fd::BorrowedFd;
 
 use futures::StreamExt;
 use rtnetlink::packet_core::{
@@ -65,18 +64,6 @@ impl Batch {
         // request's (see `outcomes`).
         connection.set_forward_ack(true);
         Ok((Self(handle), connection))
-    }
-
-    /// Opens the connection in the namespace `ns` (on a short-lived thread, see
-    /// [`crate::netns::run_in`]). Must be called from within a tokio runtime.
-    pub fn open_in(ns: BorrowedFd<'_>) -> io::Result<Self> {
-        let runtime = tokio::runtime::Handle::current();
-        let (batch, connection) = crate::netns::run_in(ns, || {
-            let _entered = runtime.enter();
-            Self::open()
-        })??;
-        tokio::spawn(connection);
-        Ok(batch)
     }
 
     /// Sends `requests` as one datagram and returns each one's outcome, in the order sent.
