@@ -524,14 +524,6 @@ pub fn remove_leftovers() -> Result<Vec<String>> {
     Ok(removed)
 }
 
-/// Whether `mount_point` is a tmpfs mount.
-fn is_tmpfs(mount_point: &Path) -> Result<bool> {
-    Ok(mounts()?
-        .into_iter()
-        .rfind(|(at, _)| at == mount_point)
-        .is_some_and(|(_, kind)| kind == "tmpfs"))
-}
-
 /// The type of the file system `path` is on (`ext4`, `tmpfs`, ...): the last mount in
 /// `/proc/self/mounts` whose mount point is the longest prefix of `path`.
 pub fn fs_type(path: &Path) -> Result<String> {
@@ -599,7 +591,7 @@ impl ScratchDir {
     /// A subdirectory on a tmpfs, created: for state the agent keeps under `/run`, which is a
     /// tmpfs on a standard node (the scratch directory itself may be on a disk).
     pub fn ram_sub(&self, name: &str) -> Result<PathBuf> {
-        if !is_tmpfs(Path::new(RAM_DIR))? {
+        if fs_type(Path::new(RAM_DIR))? != "tmpfs" {
             bail!(
                 "{RAM_DIR} is not a tmpfs here; the benchmark keeps the agent's state there, as a node keeps it in /run (a tmpfs)"
             );
